@@ -1,0 +1,153 @@
+/**
+ * The agent daemon: registers its machines with the server, then long-polls for replication jobs and
+ * runs them. It survives server restarts (every request is retried while the server is away) and its
+ * own (the server hands out unfinished jobs again; chunks already sent are not sent twice).
+ *
+ * Lifecycle: 'starting' -> 'running' -> 'stopping' -> 'stopped' (see `agentTransitions`).
+ */
+import os from 'node:os';
+import { ApiClient, withRetry } from '../client/api-client.js';
+import { asFerryError } from '../errors.js';
+import { probeDiskSize } from '../disks/disk-source.js';
+import { nextState, type TransitionTable } from '../orchestration/lifecycle.js';
+import type { AgentJob, RegisterAgentResponse, WorkResponse } from '../protocol/views.js';
+import { createLogger, type Logger } from '../util/logger.js';
+import { sleep } from '../util/time.js';
+import { AgentState } from './agent-state.js';
+import { replicateMachine } from './replicator.js';
+
+/** A machine this agent serves, with its disks in order. */
+export interface AgentMachine {
+  name: string;
+  disks: string[];
+}
+
+/** Options of `ferry agent`. */
+export interface AgentOptions {
+  serverUrl: string;
+  token: string;
+  dataDir: string;
+  machines: AgentMachine[];
+  /** Defaults to the host name. */
+  name?: string;
+  /** Replication jobs run at once (different machines). */
+  concurrency?: number;
+}
+
+export type AgentLifecycle = 'starting' | 'running' | 'stopping' | 'stopped';
+type AgentEvent = 'registered' | 'stop' | 'stopped';
+
+const agentTransitions: TransitionTable<AgentLifecycle, AgentEvent> = {
+  starting: { registered: 'running', stop: 'stopping' },
+  running: { stop: 'stopping' },
+  stopping: { stopped: 'stopped', stop: 'stopping' },
+  stopped: {},
+};
+
+/** The replication agent. */
+export class Agent {
+  state: AgentLifecycle = 'starting';
+  private readonly abort = new AbortController();
+  private readonly inFlight = new Map<string, Promise<void>>();
+  private readonly client: ApiClient;
+  private readonly log: Logger;
+  private readonly store: AgentState;
+  private readonly concurrency: number;
+
+  constructor(private readonly options: AgentOptions) {
+    this.client = new ApiClient({ baseUrl: options.serverUrl, token: options.token });
+    this.log = createLogger('agent');
+    this.store = new AgentState(options.dataDir);
+    this.concurrency = options.concurrency ?? 2;
+  }
+
+  /** Registers, then serves jobs until `stop()`. */
+  async run(): Promise<void> {
+    try {
+      const registration = await this.register();
+      this.transition('registered');
+      this.log.info({ machines: registration.machines.map((machine) => machine.name) }, 'agent registered');
+      await this.serve();
+    } catch (error) {
+      if (!this.abort.signal.aborted) throw error;
+    } finally {
+      await Promise.allSettled(this.inFlight.values());
+      if (this.state !== 'stopping') this.transition('stop');
+      this.transition('stopped');
+    }
+  }
+
+  /** Asks the agent to finish: in-flight requests are aborted; the server will hand their jobs out again. */
+  stop(): void {
+    if (this.state === 'stopped') return;
+    this.transition('stop');
+    this.abort.abort(new Error('agent stopping'));
+  }
+
+  private transition(event: AgentEvent): void {
+    this.state = nextState(agentTransitions, 'agent', this.state, event);
+  }
+
+  private async register(): Promise<RegisterAgentResponse> {
+    const machines = await Promise.all(
+      this.options.machines.map(async (machine) => ({
+        name: machine.name,
+        disks: await Promise.all(
+          machine.disks.map(async (diskPath) => {
+            try {
+              return { path: diskPath, sizeBytes: await probeDiskSize(diskPath), error: null };
+            } catch (error) {
+              this.log.error({ disk: diskPath }, (error as Error).message);
+              return { path: diskPath, sizeBytes: null, error: (error as Error).message };
+            }
+          }),
+        ),
+      })),
+    );
+    const request = { agentName: this.options.name ?? os.hostname(), machines };
+    return withRetry(() => this.client.post<RegisterAgentResponse>('/agent/register', request), {
+      deadlineMs: Number.MAX_SAFE_INTEGER,
+      signal: this.abort.signal,
+      onRetry: (error) => this.log.warn(`waiting for server: ${error.message}`),
+    });
+  }
+
+  private async serve(): Promise<void> {
+    while (!this.abort.signal.aborted) {
+      let work: WorkResponse;
+      try {
+        work = await this.client.get<WorkResponse>('/agent/work', { waitSeconds: 20 }, 30_000);
+      } catch (error) {
+        const failure = asFerryError(error);
+        if (!failure.retryable) throw failure;
+        this.log.warn(`cannot poll for work: ${failure.message}`);
+        await sleep(1000, this.abort.signal);
+        continue;
+      }
+      for (const job of work.jobs) {
+        if (this.inFlight.has(job.id) || this.inFlight.size >= this.concurrency) continue;
+        this.inFlight.set(job.id, this.runJob(job).finally(() => this.inFlight.delete(job.id)));
+      }
+      if (work.jobs.length > 0 && this.inFlight.size > 0) {
+        // Jobs are running: poll again soon for new ones, without spinning.
+        await Promise.race([sleep(1000, this.abort.signal), ...this.inFlight.values()]);
+      }
+    }
+  }
+
+  private async runJob(job: AgentJob): Promise<void> {
+    const started = Date.now();
+    try {
+      const point = await replicateMachine(job, { client: this.client, state: this.store, log: this.log, signal: this.abort.signal });
+      this.log.info({ jobId: job.id, pointId: point.id, machine: job.machine.name, ms: Date.now() - started }, `point ${point.id} committed`);
+    } catch (error) {
+      if (this.abort.signal.aborted) return;
+      const failure = asFerryError(error);
+      this.log.error({ jobId: job.id, machine: job.machine.name, code: failure.code }, failure.message);
+      if (failure.code === 'server-unreachable') return; // the server still has the job; it is handed out again
+      await this.client
+        .post(`/agent/jobs/${job.id}/fail`, { code: failure.code, message: failure.message, retryable: failure.retryable })
+        .catch((reportError: unknown) => this.log.error(`could not report failure of ${job.id}: ${(reportError as Error).message}`));
+    }
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * One replication cycle of one machine: run the pre-point hook, read every disk chunk by chunk, hash,
+ * send only chunks the server lacks, publish each disk's index, run the post-point hook, commit the
+ * point. Reading the next window of a disk overlaps with uploading the previous one.
+ *
+ * The consistency label is honest: `app` only when the pre-point hook succeeded (the machine declared
+ * itself quiesced until the post-point hook), `inconsistent` otherwise: the disks were read while
+ * something may have been writing them.
+ */
+import { type ApiClient, withRetry } from '../client/api-client.js';
+import { encodeChunkBatch, MAX_BATCH_BYTES } from '../protocol/chunk-batch.js';
+import type { AgentJob, PointView } from '../protocol/views.js';
+import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
+import { DiskIndex } from '../store/disk-index.js';
+import { type DiskSource, openRawDisk } from '../disks/disk-source.js';
+import type { Logger } from '../util/logger.js';
+import type { AgentState } from './agent-state.js';
+import { runHook } from './hooks.js';
+
+/** Chunks read, hashed and sent together. */
+const WINDOW_CHUNKS = 64;
+/** How long one request may keep failing (server restarting, network down) before the cycle gives up. */
+const REQUEST_DEADLINE_MS = 10 * 60_000;
+
+/** What a cycle needs from the agent. */
+export interface ReplicationDeps {
+  client: ApiClient;
+  state: AgentState;
+  log: Logger;
+  signal: AbortSignal;
+}
+
+/** Runs one replication job to a committed point. Throws FerryError on failure. */
+export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Promise<PointView> {
+  const call = <T>(operation: () => Promise<T>) =>
+    withRetry(operation, { deadlineMs: REQUEST_DEADLINE_MS, signal: deps.signal, onRetry: (error) => deps.log.warn({ jobId: job.id }, `retrying: ${error.message}`) });
+  await call(() => deps.client.post(`/agent/jobs/${job.id}/start`));
+
+  const sources: DiskSource[] = [];
+  try {
+    for (const disk of job.disks) sources.push(await openRawDisk(disk.path));
+    const totalBytes = sources.reduce((total, source) => total + source.size, 0);
+    const progress = new ProgressReporter((doneBytes, step) =>
+      call(() => deps.client.post(`/agent/jobs/${job.id}/progress`, { doneBytes, totalBytes, step })),
+    );
+
+    const hookEnv = { FERRY_MACHINE: job.machine.name, FERRY_JOB: job.id };
+    const notes: string[] = [];
+    let consistency: 'app' | 'inconsistent' = 'inconsistent';
+    let preHookRan = false;
+    if (job.hooks.prePoint) {
+      try {
+        await runHook(job.hooks.prePoint, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'pre-point' });
+        preHookRan = true;
+        consistency = 'app';
+      } catch (error) {
+        notes.push((error as Error).message);
+        deps.log.warn({ jobId: job.id }, (error as Error).message);
+      }
+    }
+    const takenAt = Date.now();
+    const indexes: { diskId: string; index: DiskIndex; changedBytes: number }[] = [];
+    let doneBefore = 0;
+    try {
+      for (const [position, disk] of job.disks.entries()) {
+        const source = sources[position]!;
+        const previous = await deps.state.lastIndex(disk.id);
+        const { index, changedBytes } = await readDisk(source, job.chunkSize, previous, {
+          call,
+          client: deps.client,
+          onProgress: (doneBytes) => progress.report(doneBefore + doneBytes, `reading disk ${disk.position}`),
+        });
+        indexes.push({ diskId: disk.id, index, changedBytes });
+        doneBefore += source.size;
+      }
+    } finally {
+      if (preHookRan && job.hooks.postPoint) {
+        await runHook(job.hooks.postPoint, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'post-point' }).catch((error: Error) => {
+          notes.push(error.message);
+          deps.log.warn({ jobId: job.id }, error.message);
+        });
+      }
+    }
+    if (!job.hooks.prePoint) notes.push('no pre-point hook and no snapshot: disks were read while they may have been changing');
+
+    await progress.flush();
+    const committedDisks: { diskId: string; indexHash: string; changedBytes: number }[] = [];
+    for (const entry of indexes) {
+      const { indexHash } = await call(() => deps.client.postBinary<{ indexHash: string }>('/indexes', entry.index.encode()));
+      committedDisks.push({ diskId: entry.diskId, indexHash, changedBytes: entry.changedBytes });
+    }
+    const point = await call(() =>
+      deps.client.post<PointView>('/agent/points', { jobId: job.id, takenAt, consistency, note: notes.join('; ') || null, disks: committedDisks }),
+    );
+    for (const entry of indexes) await deps.state.saveIndex(entry.diskId, entry.index);
+    return point;
+  } finally {
+    for (const source of sources) await source.close();
+  }
+}
+
+interface ReadDeps {
+  call: <T>(operation: () => Promise<T>) => Promise<T>;
+  client: ApiClient;
+  onProgress: (doneBytes: number) => void;
+}
+
+/**
+ * Reads one disk into an index, uploading chunks the server does not have. `previous` (the last
+ * committed index of this disk) lets unchanged chunks skip the server query.
+ */
+async function readDisk(source: DiskSource, chunkSize: number, previous: DiskIndex | null, deps: ReadDeps): Promise<{ index: DiskIndex; changedBytes: number }> {
+  const index = DiskIndex.empty(source.size, chunkSize);
+  const comparable = previous && previous.chunkSize === chunkSize ? previous : null;
+  const sentThisCycle = new Set<string>();
+  let changedBytes = 0;
+  let upload: Promise<void> = Promise.resolve();
+
+  for (let first = 0; first < index.chunkCount; first += WINDOW_CHUNKS) {
+    const last = Math.min(first + WINDOW_CHUNKS, index.chunkCount);
+    const windowOffset = first * chunkSize;
+    const windowLength = Math.min(source.size - windowOffset, (last - first) * chunkSize);
+    const buffer = Buffer.allocUnsafe(windowLength);
+    await source.read(buffer, windowLength, windowOffset);
+
+    const candidates: { hash: Buffer; data: Buffer }[] = [];
+    for (let position = first; position < last; position++) {
+      const start = (position - first) * chunkSize;
+      const data = buffer.subarray(start, start + index.lengthAt(position));
+      const hash = isAllZero(data) ? ZERO_HASH : hashChunk(data);
+      index.setHash(position, hash);
+      // Without an earlier point, "changed" means "holds data": zero chunks cost nothing.
+      const unchanged = comparable !== null && position < comparable.chunkCount ? comparable.hashAt(position).equals(hash) : hash === ZERO_HASH;
+      if (unchanged) continue;
+      changedBytes += data.length;
+      if (hash === ZERO_HASH) continue;
+      const hex = hash.toString('hex');
+      if (sentThisCycle.has(hex)) continue;
+      sentThisCycle.add(hex);
+      candidates.push({ hash, data });
+    }
+
+    await upload; // at most one window in flight while the next is read
+    upload = candidates.length ? uploadMissing(candidates, deps) : Promise.resolve();
+    deps.onProgress(windowOffset + windowLength);
+  }
+  await upload;
+  return { index, changedBytes };
+}
+
+/** Asks which candidates the server lacks and sends those in batches. */
+async function uploadMissing(candidates: { hash: Buffer; data: Buffer }[], deps: ReadDeps): Promise<void> {
+  const { missing } = await deps.call(() => deps.client.post<{ missing: string[] }>('/chunks/missing', { hashes: candidates.map((c) => c.hash.toString('hex')) }));
+  const wanted = new Set(missing);
+  let batch: { hash: Buffer; data: Buffer }[] = [];
+  let batchBytes = 0;
+  const send = async () => {
+    if (batch.length === 0) return;
+    const body = encodeChunkBatch(batch);
+    await deps.call(() => deps.client.postBinary('/chunks', body));
+    batch = [];
+    batchBytes = 0;
+  };
+  for (const candidate of candidates) {
+    if (!wanted.has(candidate.hash.toString('hex'))) continue;
+    if (batchBytes + candidate.data.length + 64 > MAX_BATCH_BYTES) await send();
+    batch.push(candidate);
+    batchBytes += candidate.data.length + 36;
+  }
+  await send();
+}
+
+/** Sends progress at most every 500 ms; reports never block reading for long. */
+class ProgressReporter {
+  private lastSent = 0;
+  private pending: Promise<unknown> = Promise.resolve();
+  private latest: { doneBytes: number; step: string } | null = null;
+
+  constructor(private readonly send: (doneBytes: number, step: string) => Promise<unknown>) {}
+
+  report(doneBytes: number, step: string): void {
+    this.latest = { doneBytes, step };
+    if (Date.now() - this.lastSent < 500) return;
+    this.lastSent = Date.now();
+    this.pending = this.pending.then(() => this.send(doneBytes, step)).catch(() => undefined);
+  }
+
+  async flush(): Promise<void> {
+    if (this.latest) {
+      const { doneBytes, step } = this.latest;
+      this.pending = this.pending.then(() => this.send(doneBytes, step)).catch(() => undefined);
+    }
+    await this.pending;
+  }
+}
+

@@ -1,0 +1,82 @@
+/** `ferry token`, `ferry site`, `ferry policy`, `ferry events`. */
+import path from 'node:path';
+import type { Command } from 'commander';
+import type { EventView, PolicyView, SiteView, TokenView } from '../protocol/views.js';
+import { formatDuration, parseDuration } from '../util/duration.js';
+import { CliContext } from './context.js';
+import { printTable } from './output.js';
+
+export function registerAdminCommands(program: Command): void {
+  const token = program.command('token').description('API tokens');
+  token
+    .command('create')
+    .description('create a token (the secret is shown once)')
+    .option('--role <role>', 'admin or agent', 'agent')
+    .option('--name <name>', 'a label for the token')
+    .action(async (options: { role: string; name?: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const created = await cli.client.post<TokenView>('/tokens', { role: options.role, name: options.name });
+      cli.print(created, (view) => console.log(view.token));
+    });
+
+  const site = program.command('site').description('recovery sites');
+  site
+    .command('add <name>')
+    .description('add a recovery site whose "files" driver writes recovered disks under --path')
+    .requiredOption('--path <dir>', 'directory on the server host')
+    .action(async (name: string, options: { path: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const created = await cli.client.post<SiteView>('/sites', { name, driver: 'files', path: path.resolve(options.path) });
+      cli.print(created, (view) => console.log(`site ${view.name} added (${view.driver}: ${view.path})`));
+    });
+  site
+    .command('list')
+    .description('list recovery sites')
+    .action(async (_options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      const { sites } = await cli.client.get<{ sites: SiteView[] }>('/sites');
+      cli.print({ sites }, () => printTable(['NAME', 'DRIVER', 'PATH'], sites.map((s) => [s.name, s.driver, s.path]), 'no sites: add one with `ferry site add NAME --path DIR`'));
+    });
+
+  const policy = program.command('policy').description('replication policies');
+  policy
+    .command('add <name>')
+    .description('add a policy')
+    .requiredOption('--interval <duration>', 'time between recovery points, e.g. 5m')
+    .requiredOption('--retention <duration>', 'how long points are kept, e.g. 24h or 30d')
+    .option('--rpo-threshold <duration>', 'RPO above which the machine is unhealthy (default: twice the interval)')
+    .action(async (name: string, options: { interval: string; retention: string; rpoThreshold?: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const created = await cli.client.post<PolicyView>('/policies', {
+        name,
+        intervalSeconds: parseDuration(options.interval, '--interval'),
+        retentionSeconds: parseDuration(options.retention, '--retention'),
+        ...(options.rpoThreshold ? { rpoThresholdSeconds: parseDuration(options.rpoThreshold, '--rpo-threshold') } : {}),
+      });
+      cli.print(created, (view) => console.log(`policy ${view.name}: a point every ${formatDuration(view.intervalSeconds)}, kept ${formatDuration(view.retentionSeconds)}`));
+    });
+  policy
+    .command('list')
+    .description('list policies')
+    .action(async (_options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      const { policies } = await cli.client.get<{ policies: PolicyView[] }>('/policies');
+      cli.print({ policies }, () =>
+        printTable(
+          ['NAME', 'INTERVAL', 'RETENTION', 'RPO THRESHOLD'],
+          policies.map((p) => [p.name, formatDuration(p.intervalSeconds), formatDuration(p.retentionSeconds), formatDuration(p.rpoThresholdSeconds)]),
+        ),
+      );
+    });
+
+  program
+    .command('events')
+    .description('recent events, newest first')
+    .option('--machine <name>', 'only this machine')
+    .option('--limit <n>', 'how many', '50')
+    .action(async (options: { machine?: string; limit: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const { events } = await cli.client.get<{ events: EventView[] }>('/events', { machine: options.machine, limit: options.limit });
+      cli.print({ events }, () => printTable(['TIME', 'SEVERITY', 'MACHINE', 'MESSAGE'], events.map((e) => [e.at, e.severity, e.machine, e.message]), 'no events'));
+    });
+}

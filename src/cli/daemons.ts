@@ -1,0 +1,55 @@
+/** `ferry server` and `ferry agent`: the two long-running processes. Both stop cleanly on SIGINT/SIGTERM. */
+import type { Command } from 'commander';
+import { Agent, type AgentMachine } from '../agent/agent.js';
+import { FerryError } from '../errors.js';
+import { startServer } from '../server/server.js';
+import { defaultDataDir } from './context.js';
+
+/** Parses one --machine value: NAME=DISK[,DISK...]. */
+export function parseMachineFlag(value: string, previous: AgentMachine[] = []): AgentMachine[] {
+  const match = /^([A-Za-z0-9][A-Za-z0-9_.-]*)=(.+)$/.exec(value);
+  if (!match) throw new FerryError('invalid-request', `--machine '${value}' must be NAME=DISK[,DISK...]`);
+  const disks = match[2]!.split(',').filter(Boolean);
+  return [...previous, { name: match[1]!, disks }];
+}
+
+function onShutdown(stop: () => Promise<void> | void): void {
+  let stopping = false;
+  const handler = () => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    void Promise.resolve(stop()).finally(() => process.exit(0));
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
+
+export function registerDaemonCommands(program: Command): void {
+  program
+    .command('server')
+    .description('run the Ferry server (API, metadata, chunk store, scheduler)')
+    .option('--data-dir <dir>', 'where metadata, the chunk store and admin.token live', defaultDataDir())
+    .option('--listen <host:port>', 'address to listen on', '127.0.0.1:7300')
+    .action(async (options: { dataDir: string; listen: string }) => {
+      const server = await startServer({ dataDir: options.dataDir, listen: options.listen });
+      process.stdout.write(`ferry server listening on ${server.url} (data in ${server.core.dataDir}; admin token in ${server.core.adminTokenFile})\n`);
+      onShutdown(() => server.close());
+      await new Promise(() => undefined);
+    });
+
+  program
+    .command('agent')
+    .description('run a replication agent for one or more machines')
+    .requiredOption('--machine <NAME=DISK[,DISK...]>', 'a machine and its disks (raw image files or block devices); repeatable', parseMachineFlag)
+    .option('--data-dir <dir>', "the agent's own state directory", 'ferry-agent')
+    .option('--name <name>', 'agent name (default: host name)')
+    .action(async (options: { machine: AgentMachine[]; dataDir: string; name?: string }, command: Command) => {
+      const globals = command.optsWithGlobals<{ server?: string; token?: string }>();
+      const serverUrl = globals.server ?? process.env.FERRY_SERVER;
+      const token = globals.token ?? process.env.FERRY_TOKEN;
+      if (!serverUrl || !token) throw new FerryError('invalid-request', 'ferry agent needs --server URL and --token T (or FERRY_SERVER / FERRY_TOKEN)');
+      const agent = new Agent({ serverUrl, token, dataDir: options.dataDir, machines: options.machine, name: options.name });
+      onShutdown(() => agent.stop());
+      await agent.run();
+    });
+}

@@ -1,0 +1,106 @@
+/** `ferry machine`, `ferry protect`, `ferry status`. */
+import type { Command } from 'commander';
+import type { JobView, MachineView } from '../protocol/views.js';
+import { formatDuration, parseDuration } from '../util/duration.js';
+import { CliContext } from './context.js';
+import { formatAge, formatBytes, printFields, printTable } from './output.js';
+
+function replicationText(machine: MachineView): string {
+  if (machine.replication.state === 'replicating') return `replicating ${machine.replication.percent ?? 0}%`;
+  if (machine.replication.state === 'error') return `error: ${machine.replication.error?.code}`;
+  return 'idle';
+}
+
+function printMachine(machine: MachineView): void {
+  printFields([
+    ['machine', machine.name],
+    ['state', machine.state],
+    ['health', `${machine.health.level}${machine.health.reasons.length ? ` (${machine.health.reasons.join('; ')})` : ''}`],
+    ['replication', replicationText(machine)],
+    ['agent', `${machine.agent.name} (${machine.agent.online ? 'online' : 'offline'}, seen ${formatAge(machine.agent.lastSeenAt)})`],
+    ['site', machine.site],
+    ['policy', machine.policy],
+    ['last point', machine.lastPointAt ? `${machine.lastPointAt} (${formatAge(machine.lastPointAt)})` : null],
+    ['RPO', machine.rpoSeconds === null ? null : `${formatDuration(machine.rpoSeconds)} (threshold ${formatDuration(machine.rpoThresholdSeconds ?? 0)})`],
+    ['points', machine.pointCount],
+    ['hooks', machine.hooks.prePoint ? `pre: ${machine.hooks.prePoint} | post: ${machine.hooks.postPoint ?? '-'} | timeout ${machine.hooks.timeoutSeconds}s` : 'none'],
+    ['test failover', machine.testFailover ? `${machine.testFailover.state} at ${machine.testFailover.pointId}` : 'none'],
+  ]);
+  console.log('disks:');
+  printTable(['#', 'PATH', 'SIZE', 'ERROR'], machine.disks.map((d) => [d.position, d.path, formatBytes(d.sizeBytes), d.error]));
+  if (machine.testFailover) {
+    console.log('test failover disks:');
+    printTable(['#', 'PATH'], machine.testFailover.disks.map((d) => [d.position, d.path]));
+  }
+}
+
+export function registerMachineCommands(program: Command): void {
+  const machine = program.command('machine').description('machines reported by agents');
+  machine
+    .command('list')
+    .description('list machines')
+    .action(async (_options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      const { machines } = await cli.client.get<{ machines: MachineView[] }>('/machines');
+      cli.print({ machines }, () =>
+        printTable(['NAME', 'STATE', 'AGENT', 'DISKS'], machines.map((m) => [m.name, m.state, m.agent.name, m.disks.length]), 'no machines: start an agent with `ferry agent --machine NAME=DISK`'),
+      );
+    });
+  machine
+    .command('set <machine>')
+    .description('change a machine\'s settings')
+    .option('--pre-point <command>', 'shell command the agent runs before reading the disks (quiesce); "" removes it')
+    .option('--post-point <command>', 'shell command the agent runs after reading them (resume); "" removes it')
+    .option('--hook-timeout <duration>', 'how long each hook may run, e.g. 60s')
+    .action(async (name: string, options: { prePoint?: string; postPoint?: string; hookTimeout?: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const updated = await cli.client.patch<MachineView>(`/machines/${encodeURIComponent(name)}`, {
+        ...(options.prePoint !== undefined ? { prePointCommand: options.prePoint || null } : {}),
+        ...(options.postPoint !== undefined ? { postPointCommand: options.postPoint || null } : {}),
+        ...(options.hookTimeout ? { hookTimeoutSeconds: parseDuration(options.hookTimeout, '--hook-timeout') } : {}),
+      });
+      cli.print(updated, printMachine);
+    });
+
+  program
+    .command('protect <machine>')
+    .description('start protecting a machine: initial replication to a site, then points on the policy\'s interval')
+    .requiredOption('--site <site>', 'recovery site')
+    .option('--policy <policy>', 'replication policy', 'default')
+    .option('--wait', 'wait until initial replication has finished')
+    .action(async (name: string, options: { site: string; policy: string; wait?: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      const started = await cli.client.post<{ machine: MachineView; job: JobView }>(`/machines/${encodeURIComponent(name)}/protect`, { site: options.site, policy: options.policy });
+      const job = options.wait ? await cli.waitForJob(started.job.id) : started.job;
+      const machine = options.wait ? await cli.client.get<MachineView>(`/machines/${encodeURIComponent(name)}`) : started.machine;
+      cli.print({ machine, job }, () => console.log(`${name}: ${machine.state}; initial replication job ${job.id} ${job.state}`));
+    });
+
+  program
+    .command('status [machine]')
+    .description('state, health, RPO and replication progress of every machine, or one in detail')
+    .action(async (name: string | undefined, _options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      if (name) {
+        cli.print(await cli.client.get<MachineView>(`/machines/${encodeURIComponent(name)}`), printMachine);
+        return;
+      }
+      const { machines } = await cli.client.get<{ machines: MachineView[] }>('/machines');
+      cli.print({ machines }, () =>
+        printTable(
+          ['MACHINE', 'STATE', 'HEALTH', 'REPLICATION', 'LAST POINT', 'RPO', 'POINTS', 'TEST FAILOVER'],
+          machines.map((m) => [
+            m.name,
+            m.state,
+            m.health.level,
+            replicationText(m),
+            formatAge(m.lastPointAt),
+            m.rpoSeconds === null ? null : formatDuration(m.rpoSeconds),
+            m.pointCount,
+            m.testFailover?.state ?? null,
+          ]),
+          'no machines yet: start an agent with `ferry agent --machine NAME=DISK`',
+        ),
+      );
+    });
+}

@@ -1,0 +1,104 @@
+/**
+ * HTTP client of the Ferry API, used by the CLI and the agent. Every failure becomes a FerryError: the
+ * server's own error body when it sent one, `server-unreachable` (retryable) when it could not be
+ * reached. Requests go over Node's fetch, which keeps connections alive between calls.
+ */
+import { FerryError } from '../errors.js';
+import { sleep } from '../util/time.js';
+
+/** Where the server is and how to authenticate. */
+export interface ApiClientOptions {
+  baseUrl: string;
+  token?: string;
+  /** Per-request timeout; long polls pass their own. */
+  timeoutMs?: number;
+}
+
+type Query = Record<string, string | number | boolean | undefined>;
+
+/** A thin, typed wrapper over fetch for /api/v1. */
+export class ApiClient {
+  readonly baseUrl: string;
+  private readonly token?: string;
+  private readonly timeoutMs: number;
+
+  constructor(options: ApiClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.token = options.token;
+    this.timeoutMs = options.timeoutMs ?? 60_000;
+  }
+
+  get<T>(path: string, query?: Query, timeoutMs?: number): Promise<T> {
+    return this.request<T>('GET', path, { query, timeoutMs });
+  }
+
+  post<T>(path: string, json?: unknown): Promise<T> {
+    return this.request<T>('POST', path, { json: json ?? {} });
+  }
+
+  patch<T>(path: string, json: unknown): Promise<T> {
+    return this.request<T>('PATCH', path, { json });
+  }
+
+  delete<T>(path: string): Promise<T> {
+    return this.request<T>('DELETE', path, {});
+  }
+
+  /** POSTs raw bytes (chunk batches, indexes). */
+  postBinary<T>(path: string, body: Uint8Array): Promise<T> {
+    return this.request<T>('POST', path, { body });
+  }
+
+  /** One request; resolves to the parsed JSON body (undefined for 204). */
+  async request<T>(method: string, path: string, options: { json?: unknown; body?: Uint8Array; query?: Query; timeoutMs?: number }): Promise<T> {
+    const url = new URL(`${this.baseUrl}/api/v1${path}`);
+    for (const [key, value] of Object.entries(options.query ?? {})) if (value !== undefined) url.searchParams.set(key, String(value));
+    const headers: Record<string, string> = {};
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    let body: string | Uint8Array | undefined;
+    if (options.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(options.json);
+    } else if (options.body !== undefined) {
+      headers['content-type'] = 'application/octet-stream';
+      body = options.body;
+    }
+    let response: Response;
+    try {
+      response = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(options.timeoutMs ?? this.timeoutMs) });
+    } catch (error) {
+      const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).name;
+      throw new FerryError('server-unreachable', `cannot reach Ferry server at ${this.baseUrl} (${cause})`, { cause: error });
+    }
+    const text = await response.text().catch(() => '');
+    let parsed: unknown = undefined;
+    if (text) {
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
+    }
+    if (!response.ok) throw FerryError.fromBody(response.status, parsed);
+    return parsed as T;
+  }
+}
+
+/**
+ * Runs `operation` until it succeeds, a non-retryable error occurs, `deadlineMs` passes or `signal`
+ * aborts, backing off from 200 ms to 5 s between tries. The last error is rethrown.
+ */
+export async function withRetry<T>(operation: () => Promise<T>, options: { deadlineMs: number; signal?: AbortSignal; onRetry?: (error: FerryError) => void }): Promise<T> {
+  const deadline = Date.now() + options.deadlineMs;
+  let delay = 200;
+  for (;;) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!(error instanceof FerryError) || !error.retryable || Date.now() + delay > deadline || options.signal?.aborted) throw error;
+      options.onRetry?.(error);
+      await sleep(delay, options.signal);
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+}

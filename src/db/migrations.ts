@@ -1,0 +1,141 @@
+/**
+ * Versioned schema migrations, applied in name order by Kysely's Migrator at server start. Never edit
+ * a migration that has shipped; add the next one.
+ */
+import type { Kysely, Migration, MigrationProvider } from 'kysely';
+
+const migrations: Record<string, Migration> = {
+  '0001-initial': {
+    async up(db: Kysely<any>) {
+      await db.schema
+        .createTable('tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('role', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('secret_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('sites')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('driver', 'text', (c) => c.notNull())
+        .addColumn('path', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('policies')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('interval_seconds', 'integer', (c) => c.notNull())
+        .addColumn('retention_seconds', 'integer', (c) => c.notNull())
+        .addColumn('rpo_threshold_seconds', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('agents')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('token_id', 'text', (c) => c.notNull().references('tokens.id'))
+        .addColumn('last_seen_at', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('machines')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('agent_id', 'text', (c) => c.notNull().references('agents.id'))
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('site_id', 'text', (c) => c.references('sites.id'))
+        .addColumn('policy_id', 'text', (c) => c.references('policies.id'))
+        .addColumn('pre_point_command', 'text')
+        .addColumn('post_point_command', 'text')
+        .addColumn('hook_timeout_seconds', 'integer', (c) => c.notNull())
+        .addColumn('replication_error_code', 'text')
+        .addColumn('replication_error', 'text')
+        .addColumn('last_point_at', 'integer')
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .addColumn('updated_at', 'integer', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('disks')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('machine_id', 'text', (c) => c.notNull().references('machines.id'))
+        .addColumn('position', 'integer', (c) => c.notNull())
+        .addColumn('path', 'text', (c) => c.notNull())
+        .addColumn('size_bytes', 'integer')
+        .addColumn('error', 'text')
+        .addUniqueConstraint('disks_machine_position', ['machine_id', 'position'])
+        .execute();
+      await db.schema
+        .createTable('points')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('machine_id', 'text', (c) => c.notNull().references('machines.id'))
+        .addColumn('job_id', 'text', (c) => c.notNull().unique())
+        .addColumn('taken_at', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .addColumn('consistency', 'text', (c) => c.notNull())
+        .addColumn('note', 'text')
+        .execute();
+      await db.schema.createIndex('points_machine_taken').on('points').columns(['machine_id', 'taken_at']).execute();
+      await db.schema
+        .createTable('point_disks')
+        .addColumn('point_id', 'text', (c) => c.notNull().references('points.id').onDelete('cascade'))
+        .addColumn('disk_id', 'text', (c) => c.notNull().references('disks.id'))
+        .addColumn('position', 'integer', (c) => c.notNull())
+        .addColumn('size_bytes', 'integer', (c) => c.notNull())
+        .addColumn('chunk_size', 'integer', (c) => c.notNull())
+        .addColumn('index_hash', 'text', (c) => c.notNull())
+        .addColumn('changed_bytes', 'integer', (c) => c.notNull())
+        .addPrimaryKeyConstraint('point_disks_pk', ['point_id', 'disk_id'])
+        .execute();
+      await db.schema
+        .createTable('jobs')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('machine_id', 'text', (c) => c.references('machines.id'))
+        .addColumn('agent_id', 'text', (c) => c.references('agents.id'))
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('step', 'text')
+        .addColumn('done_bytes', 'integer', (c) => c.notNull())
+        .addColumn('total_bytes', 'integer', (c) => c.notNull())
+        .addColumn('params', 'text', (c) => c.notNull())
+        .addColumn('result', 'text')
+        .addColumn('error_code', 'text')
+        .addColumn('error_message', 'text')
+        .addColumn('retryable', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .addColumn('started_at', 'integer')
+        .addColumn('ended_at', 'integer')
+        .addColumn('updated_at', 'integer', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('jobs_state').on('jobs').columns(['state', 'agent_id']).execute();
+      await db.schema.createIndex('jobs_machine').on('jobs').columns(['machine_id', 'created_at']).execute();
+      await db.schema
+        .createTable('test_failovers')
+        .addColumn('machine_id', 'text', (c) => c.primaryKey().references('machines.id'))
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('point_id', 'text', (c) => c.notNull())
+        .addColumn('job_id', 'text', (c) => c.notNull())
+        .addColumn('disks', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'integer', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('events')
+        .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+        .addColumn('at', 'integer', (c) => c.notNull())
+        .addColumn('machine_id', 'text')
+        .addColumn('severity', 'text', (c) => c.notNull())
+        .addColumn('code', 'text', (c) => c.notNull())
+        .addColumn('message', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
+};
+
+/** Supplies the migrations above to Kysely's Migrator. */
+export const migrationProvider: MigrationProvider = {
+  async getMigrations() {
+    return migrations;
+  },
+};

@@ -1,0 +1,147 @@
+/**
+ * The metadata database's tables, as Kysely types. Times are milliseconds since the epoch; JSON
+ * columns hold text validated by the module that reads them. Change the schema only by adding a
+ * migration in migrations.ts.
+ */
+import type { Generated, Insertable, Selectable, Updateable } from 'kysely';
+
+export interface TokenTable {
+  id: string;
+  role: 'admin' | 'agent';
+  name: string;
+  secret_hash: string;
+  created_at: number;
+}
+
+export interface SiteTable {
+  id: string;
+  name: string;
+  driver: 'files';
+  path: string;
+  created_at: number;
+}
+
+export interface PolicyTable {
+  id: string;
+  name: string;
+  interval_seconds: number;
+  retention_seconds: number;
+  rpo_threshold_seconds: number;
+  created_at: number;
+}
+
+export interface AgentTable {
+  id: string;
+  name: string;
+  token_id: string;
+  last_seen_at: number;
+  created_at: number;
+}
+
+export interface MachineTable {
+  id: string;
+  name: string;
+  agent_id: string;
+  state: string;
+  site_id: string | null;
+  policy_id: string | null;
+  pre_point_command: string | null;
+  post_point_command: string | null;
+  hook_timeout_seconds: number;
+  replication_error_code: string | null;
+  replication_error: string | null;
+  last_point_at: number | null;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface DiskTable {
+  id: string;
+  machine_id: string;
+  position: number;
+  path: string;
+  size_bytes: number | null;
+  error: string | null;
+}
+
+export interface PointTable {
+  id: string;
+  machine_id: string;
+  job_id: string;
+  taken_at: number;
+  created_at: number;
+  consistency: 'app' | 'crash' | 'inconsistent';
+  note: string | null;
+}
+
+export interface PointDiskTable {
+  point_id: string;
+  disk_id: string;
+  position: number;
+  size_bytes: number;
+  chunk_size: number;
+  index_hash: string;
+  changed_bytes: number;
+}
+
+export interface JobTable {
+  id: string;
+  kind: string;
+  machine_id: string | null;
+  agent_id: string | null;
+  state: string;
+  step: string | null;
+  done_bytes: number;
+  total_bytes: number;
+  params: string;
+  result: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  retryable: number;
+  created_at: number;
+  started_at: number | null;
+  ended_at: number | null;
+  updated_at: number;
+}
+
+export interface TestFailoverTable {
+  machine_id: string;
+  state: string;
+  point_id: string;
+  job_id: string;
+  disks: string;
+  created_at: number;
+}
+
+export interface EventTable {
+  id: Generated<number>;
+  at: number;
+  machine_id: string | null;
+  severity: 'info' | 'warning' | 'error';
+  code: string;
+  message: string;
+}
+
+/** All tables, keyed by their SQL names. */
+export interface Database {
+  tokens: TokenTable;
+  sites: SiteTable;
+  policies: PolicyTable;
+  agents: AgentTable;
+  machines: MachineTable;
+  disks: DiskTable;
+  points: PointTable;
+  point_disks: PointDiskTable;
+  jobs: JobTable;
+  test_failovers: TestFailoverTable;
+  events: EventTable;
+}
+
+export type MachineRow = Selectable<MachineTable>;
+export type JobRow = Selectable<JobTable>;
+export type PointRow = Selectable<PointTable>;
+export type SiteRow = Selectable<SiteTable>;
+export type PolicyRow = Selectable<PolicyTable>;
+export type DiskRow = Selectable<DiskTable>;
+export type NewJob = Insertable<JobTable>;
+export type MachineUpdate = Updateable<MachineTable>;

@@ -1,0 +1,56 @@
+/**
+ * What every core module works with: the database, the chunk store, a clock, a logger and a signal
+ * that wakes whoever waits for new work (long-polling agents, the server's job runner).
+ */
+import { EventEmitter } from 'node:events';
+import type { Db } from '../db/database.js';
+import type { ChunkStore } from '../store/chunk-store.js';
+import type { Logger } from '../util/logger.js';
+
+/** Tunables of the control plane, compiled once with their defaults by `compileCoreOptions`. */
+export interface CoreOptions {
+  /** An agent not heard from for this long is shown offline and its machines critical. */
+  agentOfflineAfterMs: number;
+  /** After a failed replication, wait this long before the scheduler tries again. */
+  retryDelayMs: number;
+  /** How often the scheduler looks for due points and expired ones. */
+  schedulerTickMs: number;
+  /** Size of the chunks disks are cut into for new points. */
+  chunkSize: number;
+}
+
+/** Fills in defaults for anything not given. */
+export function compileCoreOptions(partial: Partial<CoreOptions> = {}): CoreOptions {
+  return {
+    agentOfflineAfterMs: partial.agentOfflineAfterMs ?? 60_000,
+    retryDelayMs: partial.retryDelayMs ?? 30_000,
+    schedulerTickMs: partial.schedulerTickMs ?? 1_000,
+    chunkSize: partial.chunkSize ?? 64 * 1024,
+  };
+}
+
+/** Shared by all core modules of one server. */
+export interface CoreContext {
+  db: Db;
+  store: ChunkStore;
+  log: Logger;
+  options: CoreOptions;
+  now(): number;
+  /** Emits 'work' whenever a job is queued or changes, so waiters re-check at once. */
+  signals: EventEmitter;
+}
+
+/** Tells waiters that jobs changed. */
+export function signalWork(context: CoreContext): void {
+  context.signals.emit('work');
+}
+
+/** Parses a JSON column written by this code; a corrupt value becomes an empty object rather than a crash. */
+export function parseJsonColumn<T>(text: string | null, fallback: T): T {
+  if (text === null) return fallback;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return fallback;
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * The control plane of one Ferry server, wired together: database, chunk store, and the core modules
+ * that hold every decision. The HTTP routes only translate requests into calls on these.
+ *
+ * @example
+ *   const core = await FerryCore.create({ dataDir: '/var/lib/ferry' });
+ *   core.start();            // scheduler and server job runner
+ *   await core.sites.list();
+ *   await core.stop();
+ */
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import { FilesDriver } from '../compute/files-driver.js';
+import { type Db, openSqlite } from '../db/database.js';
+import { ChunkStore } from '../store/chunk-store.js';
+import { FilesystemBackend } from '../store/fs-backend.js';
+import { ensureDirectory } from '../util/durable-fs.js';
+import { createLogger, type Logger } from '../util/logger.js';
+import { compileCoreOptions, type CoreContext, type CoreOptions } from './context.js';
+import { Events } from './events.js';
+import { JobRunner } from './job-runner.js';
+import { Jobs } from './jobs.js';
+import { Machines } from './machines.js';
+import { Points } from './points.js';
+import { Policies } from './policies.js';
+import { Replication } from './replication.js';
+import { Scheduler } from './scheduler.js';
+import { Sites } from './sites.js';
+import { TestFailovers } from './test-failover.js';
+import { Tokens } from './tokens.js';
+
+/** Where a server keeps everything: DATA_DIR/ferry.db, DATA_DIR/store/, DATA_DIR/admin.token. */
+export interface CoreSetup {
+  dataDir: string;
+  options?: Partial<CoreOptions>;
+  log?: Logger;
+}
+
+/** Ferry's control plane: every operation the API offers, as methods of its modules. */
+export class FerryCore {
+  readonly tokens: Tokens;
+  readonly sites: Sites;
+  readonly policies: Policies;
+  readonly machines: Machines;
+  readonly jobs: Jobs;
+  readonly points: Points;
+  readonly replication: Replication;
+  readonly testFailovers: TestFailovers;
+  readonly events: Events;
+  private readonly scheduler: Scheduler;
+  private readonly runner: JobRunner;
+
+  private constructor(
+    readonly context: CoreContext,
+    readonly dataDir: string,
+  ) {
+    this.tokens = new Tokens(context);
+    this.sites = new Sites(context);
+    this.policies = new Policies(context);
+    this.events = new Events(context);
+    this.machines = new Machines(context);
+    this.jobs = new Jobs(context);
+    this.points = new Points(context, this.jobs, this.machines, this.events);
+    this.replication = new Replication(context, this.jobs, this.machines, this.points, this.sites, this.policies, this.events);
+    this.testFailovers = new TestFailovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver());
+    this.scheduler = new Scheduler(context, this.points);
+    this.runner = new JobRunner(context, this.jobs, {
+      'test-failover': (job) => this.testFailovers.runCreate(job),
+      'test-failover-cleanup': (job) => this.testFailovers.runCleanup(job),
+    });
+  }
+
+  /** Opens (creating on first use) the data directory, migrates the database and bootstraps the admin token and default policy. */
+  static async create(setup: CoreSetup): Promise<FerryCore> {
+    const dataDir = path.resolve(setup.dataDir);
+    await ensureDirectory(dataDir, 0o700);
+    const db: Db = await openSqlite(path.join(dataDir, 'ferry.db'));
+    const signals = new EventEmitter();
+    signals.setMaxListeners(0);
+    const context: CoreContext = {
+      db,
+      store: new ChunkStore(new FilesystemBackend(path.join(dataDir, 'store'))),
+      log: setup.log ?? createLogger('server'),
+      options: compileCoreOptions(setup.options),
+      now: () => Date.now(),
+      signals,
+    };
+    const core = new FerryCore(context, dataDir);
+    await core.tokens.ensureAdminTokenFile(core.adminTokenFile);
+    await core.policies.ensureDefault();
+    return core;
+  }
+
+  /** DATA_DIR/admin.token */
+  get adminTokenFile(): string {
+    return path.join(this.dataDir, 'admin.token');
+  }
+
+  /** Starts the scheduler and the server job runner. */
+  start(): void {
+    this.scheduler.start();
+    this.runner.start();
+  }
+
+  /** Stops background work and closes the database. */
+  async stop(): Promise<void> {
+    await this.scheduler.stop();
+    await this.runner.stop();
+    await this.context.db.destroy();
+  }
+}

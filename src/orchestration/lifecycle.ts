@@ -1,0 +1,70 @@
+/**
+ * Lifecycles as explicit state machines: every state a machine, a job or a test failover can be in,
+ * and every allowed transition, written once here. Code changes a state only through `nextState`,
+ * which refuses anything not in the table with a message naming the state and what it allows.
+ */
+import { FerryError } from '../errors.js';
+
+/** A table of state -> event -> next state. */
+export type TransitionTable<State extends string, Event extends string> = Record<State, Partial<Record<Event, State>>>;
+
+/** Protection state of a machine (DR/migration states arrive with failover in a later change). */
+export type MachineState = 'unprotected' | 'protecting' | 'protected';
+export type MachineEvent = 'protect' | 'initial-point-committed';
+
+export const machineTransitions: TransitionTable<MachineState, MachineEvent> = {
+  unprotected: { protect: 'protecting' },
+  protecting: { 'initial-point-committed': 'protected' },
+  protected: {},
+};
+
+/** Jobs: queued until an executor claims them, then running until they end. */
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+export type JobEvent = 'start' | 'succeed' | 'fail' | 'cancel';
+
+export const jobTransitions: TransitionTable<JobState, JobEvent> = {
+  queued: { start: 'running', cancel: 'cancelled', fail: 'failed' },
+  running: { succeed: 'succeeded', fail: 'failed', cancel: 'cancelled' },
+  succeeded: {},
+  failed: {},
+  cancelled: {},
+};
+
+/** States in which a job has not ended. */
+export const activeJobStates: readonly JobState[] = ['queued', 'running'];
+
+/** A test failover of one machine: its disks being written, ready to use, failed, or being removed. */
+export type TestFailoverState = 'creating' | 'ready' | 'failed' | 'cleaning';
+export type TestFailoverEvent = 'written' | 'fail' | 'cleanup';
+
+export const testFailoverTransitions: TransitionTable<TestFailoverState, TestFailoverEvent> = {
+  creating: { written: 'ready', fail: 'failed' },
+  ready: { cleanup: 'cleaning' },
+  failed: { cleanup: 'cleaning' },
+  cleaning: { cleanup: 'cleaning' },
+};
+
+/**
+ * The state `event` leads to from `state`, or a conflict error such as
+ * "machine 'web-01' is unprotected; allowed there: protect".
+ */
+export function nextState<State extends string, Event extends string>(
+  table: TransitionTable<State, Event>,
+  subject: string,
+  state: State,
+  event: Event,
+): State {
+  const next = table[state]?.[event];
+  if (next === undefined) {
+    const allowed = Object.keys(table[state] ?? {});
+    throw new FerryError('conflict', `${subject} is ${state}; cannot ${event} (allowed there: ${allowed.length ? allowed.join(', ') : 'nothing'})`, {
+      details: { state, event, allowed },
+    });
+  }
+  return next;
+}
+
+/** True when `event` is allowed from `state`. */
+export function allows<State extends string, Event extends string>(table: TransitionTable<State, Event>, state: State, event: Event): boolean {
+  return table[state]?.[event] !== undefined;
+}

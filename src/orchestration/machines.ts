@@ -1,0 +1,206 @@
+/**
+ * Machines and the agents that report them: registration (an agent announces its machines and their
+ * disks), settings (hooks), and the status view with health and RPO that `ferry status` shows.
+ */
+import { FerryError, notFound } from '../errors.js';
+import type { DiskRow, MachineRow } from '../db/schema.js';
+import type { RegisterAgentRequest, UpdateMachineRequest } from '../protocol/requests.js';
+import type { HealthLevel, MachineView, RegisterAgentResponse, TestFailoverView } from '../protocol/views.js';
+import { newId } from '../util/ids.js';
+import { type CoreContext, parseJsonColumn } from './context.js';
+import type { Principal } from './tokens.js';
+
+/** Hook timeout a machine starts with. */
+export const DEFAULT_HOOK_TIMEOUT_SECONDS = 60;
+
+/** Registers, updates, finds and describes machines. */
+export class Machines {
+  constructor(private readonly context: CoreContext) {}
+
+  /**
+   * Records an agent and the machines it serves, with their disks (added, re-pathed or resized).
+   * A machine already served by another agent is refused; re-registering is idempotent.
+   */
+  async registerAgent(principal: Principal, request: RegisterAgentRequest): Promise<RegisterAgentResponse> {
+    const now = this.context.now();
+    return this.context.db.transaction().execute(async (db) => {
+      let agent = await db.selectFrom('agents').selectAll().where('name', '=', request.agentName).executeTakeFirst();
+      if (!agent) {
+        agent = { id: newId('agt'), name: request.agentName, token_id: principal.tokenId, last_seen_at: now, created_at: now };
+        await db.insertInto('agents').values(agent).execute();
+      } else {
+        await db.updateTable('agents').set({ last_seen_at: now, token_id: principal.tokenId }).where('id', '=', agent.id).execute();
+      }
+      const registered: RegisterAgentResponse['machines'] = [];
+      for (const machine of request.machines) {
+        let row = await db.selectFrom('machines').selectAll().where('name', '=', machine.name).executeTakeFirst();
+        if (row && row.agent_id !== agent.id) {
+          throw new FerryError('conflict', `machine '${machine.name}' is already served by another agent`);
+        }
+        if (!row) {
+          row = {
+            id: newId('m'),
+            name: machine.name,
+            agent_id: agent.id,
+            state: 'unprotected',
+            site_id: null,
+            policy_id: null,
+            pre_point_command: null,
+            post_point_command: null,
+            hook_timeout_seconds: DEFAULT_HOOK_TIMEOUT_SECONDS,
+            replication_error_code: null,
+            replication_error: null,
+            last_point_at: null,
+            created_at: now,
+            updated_at: now,
+          };
+          await db.insertInto('machines').values(row).execute();
+        }
+        const disks: RegisterAgentResponse['machines'][number]['disks'] = [];
+        for (const [position, disk] of machine.disks.entries()) {
+          const existing = await db.selectFrom('disks').selectAll().where('machine_id', '=', row.id).where('position', '=', position).executeTakeFirst();
+          const id = existing?.id ?? newId('d');
+          if (existing) {
+            await db.updateTable('disks').set({ path: disk.path, size_bytes: disk.sizeBytes, error: disk.error }).where('id', '=', id).execute();
+          } else {
+            await db.insertInto('disks').values({ id, machine_id: row.id, position, path: disk.path, size_bytes: disk.sizeBytes, error: disk.error }).execute();
+          }
+          disks.push({ id, position, path: disk.path });
+        }
+        registered.push({ id: row.id, name: row.name, disks });
+      }
+      return { agentId: agent.id, machines: registered };
+    });
+  }
+
+  /** Marks an agent as seen now (every agent request does). */
+  async touchAgent(agentId: string): Promise<void> {
+    await this.context.db.updateTable('agents').set({ last_seen_at: this.context.now() }).where('id', '=', agentId).execute();
+  }
+
+  /** The agent registered under a token, or forbidden if that token has not registered. */
+  async agentOf(principal: Principal): Promise<{ id: string; name: string }> {
+    const agent = await this.context.db.selectFrom('agents').select(['id', 'name']).where('token_id', '=', principal.tokenId).executeTakeFirst();
+    if (!agent) throw new FerryError('forbidden', 'this token has not registered an agent yet (POST /api/v1/agent/register)');
+    return agent;
+  }
+
+  /** The machine named `name`; throws not-found naming it. */
+  async get(name: string): Promise<MachineRow> {
+    const row = await this.context.db.selectFrom('machines').selectAll().where('name', '=', name).executeTakeFirst();
+    if (!row) throw notFound('machine', name);
+    return row;
+  }
+
+  async getById(id: string): Promise<MachineRow> {
+    const row = await this.context.db.selectFrom('machines').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw notFound('machine', id);
+    return row;
+  }
+
+  async disksOf(machineId: string): Promise<DiskRow[]> {
+    return this.context.db.selectFrom('disks').selectAll().where('machine_id', '=', machineId).orderBy('position').execute();
+  }
+
+  /** Changes a machine's hooks. */
+  async update(name: string, request: UpdateMachineRequest): Promise<MachineView> {
+    const machine = await this.get(name);
+    await this.context.db
+      .updateTable('machines')
+      .set({
+        ...(request.prePointCommand !== undefined ? { pre_point_command: request.prePointCommand || null } : {}),
+        ...(request.postPointCommand !== undefined ? { post_point_command: request.postPointCommand || null } : {}),
+        ...(request.hookTimeoutSeconds !== undefined ? { hook_timeout_seconds: request.hookTimeoutSeconds } : {}),
+        updated_at: this.context.now(),
+      })
+      .where('id', '=', machine.id)
+      .execute();
+    return this.view(name);
+  }
+
+  /** Records the outcome of a replication attempt on the machine (error set, or cleared). */
+  async setReplicationError(machineId: string, error: { code: string; message: string } | null): Promise<void> {
+    await this.context.db
+      .updateTable('machines')
+      .set({ replication_error_code: error?.code ?? null, replication_error: error?.message ?? null, updated_at: this.context.now() })
+      .where('id', '=', machineId)
+      .execute();
+  }
+
+  async list(): Promise<MachineView[]> {
+    const rows = await this.context.db.selectFrom('machines').select('name').orderBy('name').execute();
+    return Promise.all(rows.map((row) => this.view(row.name)));
+  }
+
+  /** Everything known about one machine, with health and RPO computed now. */
+  async view(name: string): Promise<MachineView> {
+    const { db, now, options } = this.context;
+    const machine = await this.get(name);
+    const [agent, site, policy, disks, activeJob, pointCount, testFailover] = await Promise.all([
+      db.selectFrom('agents').selectAll().where('id', '=', machine.agent_id).executeTakeFirstOrThrow(),
+      machine.site_id ? db.selectFrom('sites').select('name').where('id', '=', machine.site_id).executeTakeFirst() : undefined,
+      machine.policy_id ? db.selectFrom('policies').selectAll().where('id', '=', machine.policy_id).executeTakeFirst() : undefined,
+      this.disksOf(machine.id),
+      db
+        .selectFrom('jobs')
+        .selectAll()
+        .where('machine_id', '=', machine.id)
+        .where('kind', 'in', ['initial-replication', 'point'])
+        .where('state', 'in', ['queued', 'running'])
+        .orderBy('created_at')
+        .executeTakeFirst(),
+      db.selectFrom('points').select((eb) => eb.fn.countAll<number>().as('count')).where('machine_id', '=', machine.id).executeTakeFirstOrThrow(),
+      db.selectFrom('test_failovers').selectAll().where('machine_id', '=', machine.id).executeTakeFirst(),
+    ]);
+    const currentTime = now();
+    const online = currentTime - agent.last_seen_at < options.agentOfflineAfterMs;
+    const rpoSeconds = machine.state !== 'unprotected' && machine.last_point_at !== null ? Math.max(0, Math.round((currentTime - machine.last_point_at) / 1000)) : null;
+    const rpoThresholdSeconds = policy?.rpo_threshold_seconds ?? null;
+
+    const critical: string[] = [];
+    const warning: string[] = [];
+    if (machine.state !== 'unprotected') {
+      if (!online) critical.push(`agent '${agent.name}' not seen for ${Math.round((currentTime - agent.last_seen_at) / 1000)}s`);
+      if (machine.replication_error) critical.push(`replication failing: ${machine.replication_error}`);
+      for (const disk of disks) if (disk.error) critical.push(`disk ${disk.position} (${disk.path}): ${disk.error}`);
+      if (rpoSeconds !== null && rpoThresholdSeconds !== null && rpoSeconds > rpoThresholdSeconds) {
+        warning.push(`RPO ${rpoSeconds}s is over the policy's threshold of ${rpoThresholdSeconds}s`);
+      }
+      if (testFailover?.state === 'failed') warning.push('a test failover failed; run `ferry failover cleanup`');
+    }
+    const level: HealthLevel = critical.length ? 'critical' : warning.length ? 'warning' : 'healthy';
+
+    const testFailoverView: TestFailoverView | null = testFailover
+      ? {
+          state: testFailover.state,
+          pointId: testFailover.point_id,
+          jobId: testFailover.job_id,
+          disks: parseJsonColumn(testFailover.disks, []),
+          createdAt: new Date(testFailover.created_at).toISOString(),
+        }
+      : null;
+
+    return {
+      id: machine.id,
+      name: machine.name,
+      state: machine.state,
+      agent: { name: agent.name, lastSeenAt: new Date(agent.last_seen_at).toISOString(), online },
+      site: site?.name ?? null,
+      policy: policy?.name ?? null,
+      disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path, sizeBytes: disk.size_bytes, error: disk.error })),
+      hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
+      replication: {
+        state: activeJob ? 'replicating' : machine.replication_error ? 'error' : 'idle',
+        jobId: activeJob?.id ?? null,
+        percent: activeJob ? (activeJob.total_bytes > 0 ? Math.floor((activeJob.done_bytes / activeJob.total_bytes) * 1000) / 10 : 0) : null,
+        error: machine.replication_error ? { code: machine.replication_error_code ?? 'unknown', message: machine.replication_error } : null,
+      },
+      health: { level, reasons: [...critical, ...warning] },
+      lastPointAt: machine.last_point_at === null ? null : new Date(machine.last_point_at).toISOString(),
+      rpoSeconds,
+      rpoThresholdSeconds,
+      pointCount: Number(pointCount.count),
+      testFailover: testFailoverView,
+    };
+  }
+}

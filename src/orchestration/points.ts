@@ -1,0 +1,189 @@
+/**
+ * Recovery points: requested as replication jobs, committed by the agent once every index they name
+ * is in the store, listed, chosen ("latest" or an id), and expired by the machine's policy.
+ */
+import { FerryError, notFound } from '../errors.js';
+import type { MachineRow, PointRow } from '../db/schema.js';
+import type { CommitPointRequest } from '../protocol/requests.js';
+import type { JobView, PointView } from '../protocol/views.js';
+import type { DiskIndex } from '../store/disk-index.js';
+import { newId } from '../util/ids.js';
+import type { CoreContext } from './context.js';
+import type { Events } from './events.js';
+import { type JobKind, Jobs, jobView } from './jobs.js';
+import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
+import type { Machines } from './machines.js';
+
+const replicationKinds: readonly JobKind[] = ['initial-replication', 'point'];
+
+/** Requests, commits, lists and expires recovery points. */
+export class Points {
+  constructor(
+    private readonly context: CoreContext,
+    private readonly jobs: Jobs,
+    private readonly machines: Machines,
+    private readonly events: Events,
+  ) {}
+
+  /**
+   * Makes sure a replication job is queued or running for the machine and returns it: the existing one
+   * if there is one (two requests never read the disks twice at once), else a new one.
+   */
+  async ensureReplicationJob(machine: MachineRow): Promise<JobView> {
+    const existing = await this.jobs.activeFor(machine.id, replicationKinds);
+    if (existing) return jobView(existing, machine.name);
+    const kind: JobKind = machine.state === 'protecting' ? 'initial-replication' : 'point';
+    const created = await this.jobs.create({ kind, machineId: machine.id, agentId: machine.agent_id, params: { chunkSize: this.context.options.chunkSize } });
+    return jobView(created, machine.name);
+  }
+
+  /** `ferry points create`: a point now, for a machine that is being protected. */
+  async request(machineName: string): Promise<JobView> {
+    const machine = await this.machines.get(machineName);
+    if (machine.state === 'unprotected') {
+      throw new FerryError('conflict', `machine '${machineName}' is unprotected; run \`ferry protect ${machineName} --site SITE\` first`);
+    }
+    return this.ensureReplicationJob(machine);
+  }
+
+  /**
+   * Publishes a point for a replication job. Every disk of the machine must be named with an index the
+   * store already holds (indexes are only accepted once their chunks are durable), so the point never
+   * names missing data. Idempotent: committing the same job again returns the same point.
+   */
+  async commit(agentId: string, request: CommitPointRequest): Promise<PointView> {
+    const job = await this.jobs.forAgent(request.jobId, agentId);
+    const machine = await this.machines.getById(job.machine_id!);
+    const already = await this.context.db.selectFrom('points').select('id').where('job_id', '=', job.id).executeTakeFirst();
+    if (already) return this.view(already.id);
+    if (job.state !== 'running') throw new FerryError('conflict', `job ${job.id} is ${job.state}; only a running job can commit a point`);
+
+    const disks = await this.machines.disksOf(machine.id);
+    const named = new Map(request.disks.map((disk) => [disk.diskId, disk]));
+    if (named.size !== disks.length || disks.some((disk) => !named.has(disk.id))) {
+      throw new FerryError('invalid-request', `a point of '${machine.name}' must name each of its ${disks.length} disk(s) exactly once`);
+    }
+    const pointDisks: { disk: (typeof disks)[number]; entry: CommitPointRequest['disks'][number]; index: DiskIndex }[] = [];
+    for (const disk of disks) {
+      const entry = named.get(disk.id)!;
+      if (!(await this.context.store.hasIndex(entry.indexHash))) {
+        throw new FerryError('chunk-missing', `index ${entry.indexHash} of disk ${disk.position} has not been uploaded`);
+      }
+      const index = await this.context.store.getIndex(entry.indexHash);
+      pointDisks.push({ disk, entry, index });
+    }
+
+    const now = this.context.now();
+    const takenAt = Math.min(request.takenAt, now);
+    const pointId = newId('pt');
+    await this.context.db.transaction().execute(async (db) => {
+      await db
+        .insertInto('points')
+        .values({ id: pointId, machine_id: machine.id, job_id: job.id, taken_at: takenAt, created_at: now, consistency: request.consistency, note: request.note })
+        .execute();
+      for (const { disk, entry, index } of pointDisks) {
+        await db
+          .insertInto('point_disks')
+          .values({
+            point_id: pointId,
+            disk_id: disk.id,
+            position: disk.position,
+            size_bytes: index.diskSize,
+            chunk_size: index.chunkSize,
+            index_hash: entry.indexHash,
+            changed_bytes: entry.changedBytes,
+          })
+          .execute();
+      }
+      const state =
+        machine.state === 'protecting' ? nextState(machineTransitions, `machine '${machine.name}'`, 'protecting', 'initial-point-committed') : (machine.state as MachineState);
+      await db
+        .updateTable('machines')
+        .set({ state, last_point_at: Math.max(takenAt, machine.last_point_at ?? 0), replication_error: null, replication_error_code: null, updated_at: now })
+        .where('id', '=', machine.id)
+        .execute();
+      await this.jobs.transition(job.id, 'succeed', { result: { pointId, consistency: request.consistency } }, db);
+    });
+    const changedBytes = request.disks.reduce((total, disk) => total + disk.changedBytes, 0);
+    await this.events.record({
+      machineId: machine.id,
+      severity: 'info',
+      code: machine.state === 'protecting' ? 'initial-replication-done' : 'point-created',
+      message: `${machine.name}: recovery point ${pointId} (${request.consistency}) committed, ${changedBytes} bytes changed`,
+    });
+    return this.view(pointId);
+  }
+
+  /** The machine's points, newest first. */
+  async list(machineName: string, limit: number): Promise<PointView[]> {
+    const machine = await this.machines.get(machineName);
+    const rows = await this.context.db.selectFrom('points').select('id').where('machine_id', '=', machine.id).orderBy('taken_at', 'desc').limit(limit).execute();
+    return Promise.all(rows.map((row) => this.view(row.id)));
+  }
+
+  /** One point by id. */
+  async view(pointId: string): Promise<PointView> {
+    const point = await this.context.db
+      .selectFrom('points')
+      .innerJoin('machines', 'machines.id', 'points.machine_id')
+      .selectAll('points')
+      .select('machines.name as machine')
+      .where('points.id', '=', pointId)
+      .executeTakeFirst();
+    if (!point) throw notFound('recovery point', pointId);
+    const disks = await this.context.db.selectFrom('point_disks').selectAll().where('point_id', '=', pointId).orderBy('position').execute();
+    return {
+      id: point.id,
+      machine: point.machine,
+      takenAt: new Date(point.taken_at).toISOString(),
+      createdAt: new Date(point.created_at).toISOString(),
+      consistency: point.consistency,
+      note: point.note,
+      disks: disks.map((disk) => ({
+        diskId: disk.disk_id,
+        position: disk.position,
+        sizeBytes: disk.size_bytes,
+        chunkSize: disk.chunk_size,
+        indexHash: disk.index_hash,
+        changedBytes: disk.changed_bytes,
+      })),
+    };
+  }
+
+  /** Resolves "latest" or a point id to one of the machine's points; throws not-found naming what was asked. */
+  async resolve(machine: MachineRow, selector: string): Promise<PointRow> {
+    let query = this.context.db.selectFrom('points').selectAll().where('machine_id', '=', machine.id);
+    query = selector === 'latest' ? query.orderBy('taken_at', 'desc').limit(1) : query.where('id', '=', selector);
+    const point = await query.executeTakeFirst();
+    if (!point) {
+      throw selector === 'latest'
+        ? new FerryError('conflict', `machine '${machine.name}' has no recovery point yet`)
+        : notFound(`recovery point of machine '${machine.name}'`, selector);
+    }
+    return point;
+  }
+
+  /**
+   * Deletes points older than the policy's retention, always keeping the newest point and any point a
+   * test failover is using. Returns how many were deleted. (Chunks nothing references any more are
+   * reclaimed by the store's garbage collection, never here.)
+   */
+  async expire(machine: MachineRow, retentionSeconds: number): Promise<number> {
+    const cutoff = this.context.now() - retentionSeconds * 1000;
+    const newest = await this.context.db.selectFrom('points').select('id').where('machine_id', '=', machine.id).orderBy('taken_at', 'desc').limit(1).executeTakeFirst();
+    if (!newest) return 0;
+    const inUse = await this.context.db.selectFrom('test_failovers').select('point_id').where('machine_id', '=', machine.id).execute();
+    const keep = [newest.id, ...inUse.map((row) => row.point_id)];
+    const result = await this.context.db
+      .deleteFrom('points')
+      .where('machine_id', '=', machine.id)
+      .where('taken_at', '<', cutoff)
+      .where('id', 'not in', keep)
+      .executeTakeFirst();
+    const deleted = Number(result.numDeletedRows);
+    if (deleted > 0) {
+      await this.events.record({ machineId: machine.id, severity: 'info', code: 'points-expired', message: `${machine.name}: ${deleted} point(s) past retention removed` });
+    }
+    return deleted;
+  }
+}

@@ -1,0 +1,64 @@
+/** Replication policies: how often points are taken, how long they are kept, and the RPO to alarm on. */
+import { FerryError, notFound } from '../errors.js';
+import type { CreatePolicyRequest } from '../protocol/requests.js';
+import type { PolicyView } from '../protocol/views.js';
+import type { PolicyRow } from '../db/schema.js';
+import { newId } from '../util/ids.js';
+import type { CoreContext } from './context.js';
+
+/** The policy every installation starts with: a point every 5 minutes, kept 24 hours. */
+export const DEFAULT_POLICY = { name: 'default', intervalSeconds: 300, retentionSeconds: 86400 } as const;
+
+/** Renders a policy row for the API. */
+export function policyView(row: PolicyRow): PolicyView {
+  return {
+    id: row.id,
+    name: row.name,
+    intervalSeconds: row.interval_seconds,
+    retentionSeconds: row.retention_seconds,
+    rpoThresholdSeconds: row.rpo_threshold_seconds,
+    createdAt: new Date(row.created_at).toISOString(),
+  };
+}
+
+/** Creates and finds policies. */
+export class Policies {
+  constructor(private readonly context: CoreContext) {}
+
+  /** Adds a policy. The RPO threshold defaults to twice the interval (at least one minute). */
+  async create(request: CreatePolicyRequest): Promise<PolicyView> {
+    const existing = await this.context.db.selectFrom('policies').select('id').where('name', '=', request.name).executeTakeFirst();
+    if (existing) throw new FerryError('conflict', `policy '${request.name}' already exists`);
+    if (request.retentionSeconds < request.intervalSeconds) {
+      throw new FerryError('invalid-request', `retention (${request.retentionSeconds}s) must be at least the interval (${request.intervalSeconds}s)`);
+    }
+    const row: PolicyRow = {
+      id: newId('pol'),
+      name: request.name,
+      interval_seconds: request.intervalSeconds,
+      retention_seconds: request.retentionSeconds,
+      rpo_threshold_seconds: request.rpoThresholdSeconds ?? Math.max(60, 2 * request.intervalSeconds),
+      created_at: this.context.now(),
+    };
+    await this.context.db.insertInto('policies').values(row).execute();
+    return policyView(row);
+  }
+
+  /** Creates the `default` policy if it does not exist. */
+  async ensureDefault(): Promise<void> {
+    const existing = await this.context.db.selectFrom('policies').select('id').where('name', '=', DEFAULT_POLICY.name).executeTakeFirst();
+    if (!existing) await this.create({ ...DEFAULT_POLICY });
+  }
+
+  async list(): Promise<PolicyView[]> {
+    const rows = await this.context.db.selectFrom('policies').selectAll().orderBy('name').execute();
+    return rows.map(policyView);
+  }
+
+  /** The policy named `name`; throws not-found naming it. */
+  async get(name: string): Promise<PolicyRow> {
+    const row = await this.context.db.selectFrom('policies').selectAll().where('name', '=', name).executeTakeFirst();
+    if (!row) throw notFound('policy', name);
+    return row;
+  }
+}

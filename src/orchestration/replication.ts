@@ -1,0 +1,103 @@
+/**
+ * The server's side of replication: protecting a machine, handing replication jobs to agents (a
+ * long poll that doubles as the agent's heartbeat), and recording what agents report back.
+ */
+import { once } from 'node:events';
+import { FerryError } from '../errors.js';
+import type { JobFailRequest, JobProgressRequest, ProtectRequest } from '../protocol/requests.js';
+import type { AgentJob, JobView, MachineView } from '../protocol/views.js';
+import type { CoreContext } from './context.js';
+import type { Events } from './events.js';
+import type { Jobs } from './jobs.js';
+import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
+import type { Machines } from './machines.js';
+import type { Points } from './points.js';
+import type { Policies } from './policies.js';
+import type { Sites } from './sites.js';
+
+/** Protection and the agent-facing half of replication. */
+export class Replication {
+  constructor(
+    private readonly context: CoreContext,
+    private readonly jobs: Jobs,
+    private readonly machines: Machines,
+    private readonly points: Points,
+    private readonly sites: Sites,
+    private readonly policies: Policies,
+    private readonly events: Events,
+  ) {}
+
+  /** `ferry protect`: binds the machine to a site and policy and starts initial replication. */
+  async protect(machineName: string, request: ProtectRequest): Promise<{ machine: MachineView; job: JobView }> {
+    const machine = await this.machines.get(machineName);
+    const site = await this.sites.get(request.site);
+    const policy = await this.policies.get(request.policy);
+    const state = nextState(machineTransitions, `machine '${machineName}'`, machine.state as MachineState, 'protect');
+    await this.context.db
+      .updateTable('machines')
+      .set({ state, site_id: site.id, policy_id: policy.id, replication_error: null, replication_error_code: null, updated_at: this.context.now() })
+      .where('id', '=', machine.id)
+      .execute();
+    await this.events.record({ machineId: machine.id, severity: 'info', code: 'protection-started', message: `${machineName}: protection to site '${site.name}' with policy '${policy.name}' started` });
+    const job = await this.points.ensureReplicationJob({ ...machine, state });
+    return { machine: await this.machines.view(machineName), job };
+  }
+
+  /**
+   * The agent's replication jobs that have not ended, waiting up to `waitSeconds` for one to appear.
+   * Jobs already running are handed out again, so an agent that restarted picks its work back up.
+   */
+  async work(agentId: string, waitSeconds: number, signal: AbortSignal): Promise<AgentJob[]> {
+    const deadline = Date.now() + waitSeconds * 1000;
+    for (;;) {
+      await this.machines.touchAgent(agentId);
+      const pending = await this.jobs.pendingForAgent(agentId);
+      if (pending.length > 0 || Date.now() >= deadline || signal.aborted) {
+        return Promise.all(pending.map((job) => this.describeForAgent(job.id, job.machine_id!, job.params)));
+      }
+      const remaining = deadline - Date.now();
+      await Promise.race([
+        once(this.context.signals, 'work', { signal }).catch(() => undefined),
+        new Promise((resolve) => setTimeout(resolve, Math.min(remaining, 5000))),
+      ]);
+    }
+  }
+
+  /** The agent starts (or, after its own restart, resumes) a job. */
+  async start(agentId: string, jobId: string): Promise<JobView> {
+    const job = await this.jobs.forAgent(jobId, agentId);
+    if (job.state === 'queued') await this.jobs.transition(jobId, 'start', { step: 'reading disks' });
+    else if (job.state !== 'running') throw new FerryError('conflict', `job ${jobId} is ${job.state}; it cannot be started`);
+    return this.jobs.view(jobId);
+  }
+
+  async progress(agentId: string, jobId: string, progress: JobProgressRequest): Promise<void> {
+    await this.jobs.forAgent(jobId, agentId);
+    await this.jobs.progress(jobId, progress);
+  }
+
+  /** The agent gave up on a job: the job fails and the machine shows the error until a point succeeds. */
+  async fail(agentId: string, jobId: string, failure: JobFailRequest): Promise<JobView> {
+    const job = await this.jobs.forAgent(jobId, agentId);
+    if (job.state === 'failed') return this.jobs.view(jobId);
+    await this.jobs.transition(jobId, 'fail', { error: failure });
+    const machine = await this.machines.getById(job.machine_id!);
+    await this.machines.setReplicationError(machine.id, { code: failure.code, message: failure.message });
+    await this.events.record({ machineId: machine.id, severity: 'error', code: failure.code, message: `${machine.name}: replication failed: ${failure.message}` });
+    return this.jobs.view(jobId);
+  }
+
+  private async describeForAgent(jobId: string, machineId: string, params: string): Promise<AgentJob> {
+    const machine = await this.machines.getById(machineId);
+    const disks = await this.machines.disksOf(machineId);
+    const chunkSize = Number((JSON.parse(params) as { chunkSize?: number }).chunkSize) || this.context.options.chunkSize;
+    return {
+      id: jobId,
+      kind: 'replicate',
+      machine: { id: machine.id, name: machine.name },
+      disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path })),
+      hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
+      chunkSize,
+    };
+  }
+}

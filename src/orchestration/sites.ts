@@ -1,0 +1,46 @@
+/** Recovery sites: where failed-over machines come up. The "files" driver writes their disks under `path`. */
+import { constants, promises as fs } from 'node:fs';
+import { FerryError, notFound } from '../errors.js';
+import type { CreateSiteRequest } from '../protocol/requests.js';
+import type { SiteView } from '../protocol/views.js';
+import type { SiteRow } from '../db/schema.js';
+import { ensureDirectory } from '../util/durable-fs.js';
+import { newId } from '../util/ids.js';
+import type { CoreContext } from './context.js';
+
+/** Renders a site row for the API. */
+export function siteView(row: SiteRow): SiteView {
+  return { id: row.id, name: row.name, driver: row.driver, path: row.path, createdAt: new Date(row.created_at).toISOString() };
+}
+
+/** Creates and finds sites. */
+export class Sites {
+  constructor(private readonly context: CoreContext) {}
+
+  /** Adds a site; its directory is created if missing and must be writable by the server. */
+  async create(request: CreateSiteRequest): Promise<SiteView> {
+    const existing = await this.context.db.selectFrom('sites').select('id').where('name', '=', request.name).executeTakeFirst();
+    if (existing) throw new FerryError('conflict', `site '${request.name}' already exists`);
+    try {
+      await ensureDirectory(request.path);
+      await fs.access(request.path, constants.W_OK);
+    } catch (error) {
+      throw new FerryError('invalid-request', `site path ${request.path} cannot be used: ${(error as Error).message}`);
+    }
+    const row: SiteRow = { id: newId('site'), name: request.name, driver: request.driver, path: request.path, created_at: this.context.now() };
+    await this.context.db.insertInto('sites').values(row).execute();
+    return siteView(row);
+  }
+
+  async list(): Promise<SiteView[]> {
+    const rows = await this.context.db.selectFrom('sites').selectAll().orderBy('name').execute();
+    return rows.map(siteView);
+  }
+
+  /** The site named `name`; throws not-found naming it. */
+  async get(name: string): Promise<SiteRow> {
+    const row = await this.context.db.selectFrom('sites').selectAll().where('name', '=', name).executeTakeFirst();
+    if (!row) throw notFound('site', name);
+    return row;
+  }
+}

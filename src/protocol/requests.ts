@@ -1,0 +1,119 @@
+/**
+ * Request schemas of the HTTP API (`/api/v1`), shared by the server (which validates every request
+ * with them) and the clients (agent, CLI). A request that fails validation is answered 400 with the
+ * failing field named.
+ */
+import { z } from 'zod';
+
+const name = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'use letters, digits, ".", "_" and "-", starting with a letter or digit');
+const hashHex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a 64-character lowercase hex SHA-256');
+const seconds = z.number().int().positive();
+
+/** A resource name in a URL (machine, site, policy). */
+export const nameParam = z.object({ name });
+/** A job id in a URL. */
+export const jobIdParam = z.object({ id: z.string().min(1).max(64) });
+
+export const createTokenRequest = z.object({
+  role: z.enum(['admin', 'agent']),
+  name: z.string().min(1).max(64).optional(),
+});
+
+export const createSiteRequest = z.object({
+  name,
+  driver: z.literal('files').default('files'),
+  path: z.string().min(1).refine((value) => value.startsWith('/'), 'must be an absolute path on the server'),
+});
+
+export const createPolicyRequest = z.object({
+  name,
+  intervalSeconds: seconds.min(10).max(86400),
+  retentionSeconds: seconds.min(60).max(365 * 86400),
+  rpoThresholdSeconds: seconds.max(7 * 86400).optional(),
+});
+
+export const updateMachineRequest = z
+  .object({
+    prePointCommand: z.string().max(4096).nullable().optional(),
+    postPointCommand: z.string().max(4096).nullable().optional(),
+    hookTimeoutSeconds: seconds.max(3600).optional(),
+  })
+  .strict();
+
+export const protectRequest = z.object({ site: name, policy: name.default('default') });
+
+/** "latest" or a point id. */
+export const pointSelector = z.string().min(1).max(64).default('latest');
+
+export const testFailoverRequest = z.object({ point: pointSelector });
+
+export const listJobsQuery = z.object({
+  machine: name.optional(),
+  active: z.enum(['true', 'false']).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(50),
+});
+
+export const listPointsQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(1000) });
+
+// --- agent protocol ---------------------------------------------------------------------------
+
+export const registerAgentRequest = z.object({
+  agentName: name,
+  machines: z
+    .array(
+      z.object({
+        name,
+        disks: z
+          .array(
+            z.object({
+              path: z.string().min(1).max(4096),
+              sizeBytes: z.number().int().nonnegative().nullable(),
+              error: z.string().max(2000).nullable(),
+            }),
+          )
+          .min(1)
+          .max(64),
+      }),
+    )
+    .max(1000),
+});
+
+export const workQuery = z.object({ waitSeconds: z.coerce.number().min(0).max(60).default(20) });
+
+export const jobProgressRequest = z.object({
+  step: z.string().max(200).optional(),
+  doneBytes: z.number().int().nonnegative(),
+  totalBytes: z.number().int().nonnegative(),
+});
+
+export const jobFailRequest = z.object({
+  code: z.string().min(1).max(64),
+  message: z.string().min(1).max(4000),
+  retryable: z.boolean(),
+});
+
+export const missingChunksRequest = z.object({ hashes: z.array(hashHex).max(8192) });
+
+export const commitPointRequest = z.object({
+  jobId: z.string().min(1).max(64),
+  takenAt: z.number().int().positive(),
+  consistency: z.enum(['app', 'crash', 'inconsistent']),
+  note: z.string().max(2000).nullable().default(null),
+  disks: z
+    .array(z.object({ diskId: z.string().min(1).max(64), indexHash: hashHex, changedBytes: z.number().int().nonnegative() }))
+    .min(1),
+});
+
+export type CreateTokenRequest = z.infer<typeof createTokenRequest>;
+export type CreateSiteRequest = z.infer<typeof createSiteRequest>;
+export type CreatePolicyRequest = z.infer<typeof createPolicyRequest>;
+export type UpdateMachineRequest = z.infer<typeof updateMachineRequest>;
+export type ProtectRequest = z.infer<typeof protectRequest>;
+export type RegisterAgentRequest = z.infer<typeof registerAgentRequest>;
+export type JobProgressRequest = z.infer<typeof jobProgressRequest>;
+export type JobFailRequest = z.infer<typeof jobFailRequest>;
+export type CommitPointRequest = z.infer<typeof commitPointRequest>;

@@ -1,0 +1,149 @@
+/**
+ * What the API returns: the JSON views of Ferry's resources. The CLI prints these (as tables, or as
+ * they are with --json) and the portal renders them, so all three agree.
+ */
+
+/** Consistency of a recovery point, never claimed higher than it is. */
+export type Consistency = 'app' | 'crash' | 'inconsistent';
+export type HealthLevel = 'healthy' | 'warning' | 'critical';
+
+export interface SiteView {
+  id: string;
+  name: string;
+  driver: 'files';
+  path: string;
+  createdAt: string;
+}
+
+export interface PolicyView {
+  id: string;
+  name: string;
+  intervalSeconds: number;
+  retentionSeconds: number;
+  rpoThresholdSeconds: number;
+  createdAt: string;
+}
+
+export interface DiskView {
+  id: string;
+  position: number;
+  path: string;
+  sizeBytes: number | null;
+  error: string | null;
+}
+
+export interface TestFailoverView {
+  state: string;
+  pointId: string;
+  jobId: string;
+  disks: FailoverDiskView[];
+  createdAt: string;
+}
+
+export interface FailoverDiskView {
+  position: number;
+  path: string;
+  sizeBytes: number;
+}
+
+/** Everything `ferry status MACHINE` shows. */
+export interface MachineView {
+  id: string;
+  name: string;
+  state: string;
+  agent: { name: string; lastSeenAt: string; online: boolean };
+  site: string | null;
+  policy: string | null;
+  disks: DiskView[];
+  hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number };
+  replication: {
+    state: 'idle' | 'replicating' | 'error';
+    jobId: string | null;
+    percent: number | null;
+    error: { code: string; message: string } | null;
+  };
+  health: { level: HealthLevel; reasons: string[] };
+  lastPointAt: string | null;
+  rpoSeconds: number | null;
+  rpoThresholdSeconds: number | null;
+  pointCount: number;
+  testFailover: TestFailoverView | null;
+}
+
+export interface PointDiskView {
+  diskId: string;
+  position: number;
+  sizeBytes: number;
+  chunkSize: number;
+  indexHash: string;
+  changedBytes: number;
+}
+
+export interface PointView {
+  id: string;
+  machine: string;
+  takenAt: string;
+  createdAt: string;
+  consistency: Consistency;
+  note: string | null;
+  disks: PointDiskView[];
+}
+
+export interface JobView {
+  id: string;
+  kind: string;
+  machine: string | null;
+  state: string;
+  step: string | null;
+  progress: { doneBytes: number; totalBytes: number; percent: number };
+  params: Record<string, unknown>;
+  result: Record<string, unknown> | null;
+  error: { code: string; message: string; retryable: boolean } | null;
+  createdAt: string;
+  startedAt: string | null;
+  endedAt: string | null;
+}
+
+export interface EventView {
+  id: number;
+  at: string;
+  machine: string | null;
+  severity: 'info' | 'warning' | 'error';
+  code: string;
+  message: string;
+}
+
+export interface TokenView {
+  id: string;
+  role: 'admin' | 'agent';
+  name: string;
+  /** Shown once, at creation. */
+  token: string;
+}
+
+// --- agent protocol ---------------------------------------------------------------------------
+
+export interface RegisteredMachine {
+  id: string;
+  name: string;
+  disks: { id: string; position: number; path: string }[];
+}
+
+export interface RegisterAgentResponse {
+  agentId: string;
+  machines: RegisteredMachine[];
+}
+
+/** Work the server hands an agent: read the machine's disks and commit a recovery point. */
+export interface AgentJob {
+  id: string;
+  kind: 'replicate';
+  machine: { id: string; name: string };
+  disks: { id: string; position: number; path: string }[];
+  hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number };
+  chunkSize: number;
+}
+
+export interface WorkResponse {
+  jobs: AgentJob[];
+}

@@ -1,0 +1,31 @@
+/**
+ * Builds the HTTP server: Fastify with the auth hook, the one error handler, JSON and binary body
+ * parsers, and every route group under /api/v1.
+ */
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { FerryCore } from '../orchestration/core.js';
+import { MAX_BATCH_BYTES } from '../protocol/chunk-batch.js';
+import { installAuth } from './auth.js';
+import { handleError } from './http-errors.js';
+import { adminRoutes } from './routes/admin.js';
+import { agentRoutes } from './routes/agent.js';
+import { jobRoutes } from './routes/jobs.js';
+import { machineRoutes } from './routes/machines.js';
+
+/** The Fastify app serving `core`. Not yet listening. */
+export function buildApp(core: FerryCore): FastifyInstance {
+  const app = Fastify({ loggerInstance: core.context.log as FastifyBaseLogger, bodyLimit: MAX_BATCH_BYTES + 1024 * 1024, disableRequestLogging: true });
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+  app.setErrorHandler(handleError);
+  app.setNotFoundHandler((request, reply) => {
+    void reply.status(404).send({ error: { code: 'not-found', message: `no API route ${request.method} ${request.url}`, retryable: false } });
+  });
+  installAuth(app, core);
+
+  app.get('/api/v1/health', { config: { role: 'public' } }, async () => ({ ok: true, service: 'ferry' }));
+  adminRoutes(app, core);
+  machineRoutes(app, core);
+  jobRoutes(app, core);
+  agentRoutes(app, core);
+  return app;
+}

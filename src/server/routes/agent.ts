@@ -1,0 +1,94 @@
+/**
+ * Routes agents call: register, poll for work (the heartbeat), report job progress or failure,
+ * upload chunks and indexes, commit a point. Chunk and index bodies are application/octet-stream.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { FerryError } from '../../errors.js';
+import type { FerryCore } from '../../orchestration/core.js';
+import { decodeChunkBatch } from '../../protocol/chunk-batch.js';
+import {
+  commitPointRequest,
+  jobFailRequest,
+  jobIdParam,
+  jobProgressRequest,
+  missingChunksRequest,
+  registerAgentRequest,
+  workQuery,
+} from '../../protocol/requests.js';
+import { hashChunk, isAllZero } from '../../store/chunking.js';
+import { DiskIndex } from '../../store/disk-index.js';
+import { parse } from '../http-errors.js';
+
+const agentOnly = { config: { role: 'agent' as const } };
+
+export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
+  const agentOf = async (request: FastifyRequest) => {
+    const agent = await core.machines.agentOf(request.principal!);
+    await core.machines.touchAgent(agent.id);
+    return agent;
+  };
+  const jobId = (params: unknown) => parse(jobIdParam, params, 'job id').id;
+
+  app.post('/api/v1/agent/register', agentOnly, async (request) => {
+    return core.machines.registerAgent(request.principal!, parse(registerAgentRequest, request.body, 'registration'));
+  });
+
+  app.get('/api/v1/agent/work', agentOnly, async (request) => {
+    const agent = await agentOf(request);
+    const { waitSeconds } = parse(workQuery, request.query, 'query');
+    const aborted = new AbortController();
+    request.raw.once('close', () => aborted.abort());
+    return { jobs: await core.replication.work(agent.id, waitSeconds, aborted.signal) };
+  });
+
+  app.post('/api/v1/agent/jobs/:id/start', agentOnly, async (request) => core.replication.start((await agentOf(request)).id, jobId(request.params)));
+  app.post('/api/v1/agent/jobs/:id/progress', agentOnly, async (request, reply) => {
+    await core.replication.progress((await agentOf(request)).id, jobId(request.params), parse(jobProgressRequest, request.body, 'progress'));
+    return reply.status(204).send();
+  });
+  app.post('/api/v1/agent/jobs/:id/fail', agentOnly, async (request) =>
+    core.replication.fail((await agentOf(request)).id, jobId(request.params), parse(jobFailRequest, request.body, 'failure report')),
+  );
+
+  app.post('/api/v1/chunks/missing', agentOnly, async (request) => {
+    await agentOf(request);
+    const { hashes } = parse(missingChunksRequest, request.body, 'chunk query');
+    return { missing: await core.context.store.missingChunks(hashes) };
+  });
+
+  // Verify every frame before storing any: a batch with one bad chunk stores nothing.
+  app.post('/api/v1/chunks', agentOnly, async (request) => {
+    await agentOf(request);
+    const frames = decodeChunkBatch(bodyBuffer(request));
+    for (const frame of frames) {
+      const actual = hashChunk(frame.data).toString('hex');
+      if (actual !== frame.hashHex) {
+        throw new FerryError('chunk-hash-mismatch', `chunk sent as ${frame.hashHex} hashes to ${actual}; batch rejected, nothing stored`, {
+          details: { expected: frame.hashHex, actual },
+        });
+      }
+      if (isAllZero(frame.data)) throw new FerryError('invalid-request', `chunk ${frame.hashHex} is all zeros; zero chunks are never stored`);
+    }
+    let stored = 0;
+    for (const frame of frames) if ((await core.context.store.putChunk(frame.hashHex, frame.data)) === 'stored') stored++;
+    return { received: frames.length, stored };
+  });
+
+  app.post('/api/v1/indexes', agentOnly, async (request) => {
+    await agentOf(request);
+    const index = DiskIndex.decode(bodyBuffer(request), 'upload');
+    return { indexHash: await core.context.store.putIndex(index) };
+  });
+
+  app.post('/api/v1/agent/points', agentOnly, async (request, reply) => {
+    const agent = await agentOf(request);
+    return reply.status(201).send(await core.points.commit(agent.id, parse(commitPointRequest, request.body, 'point commit')));
+  });
+}
+
+function bodyBuffer(request: FastifyRequest): Buffer {
+  if (!Buffer.isBuffer(request.body)) {
+    throw new FerryError('invalid-request', 'body must be application/octet-stream');
+  }
+  return request.body;
+}

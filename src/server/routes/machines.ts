@@ -1,0 +1,36 @@
+/** Routes for machines: status, settings, protection, points and test failover (admin). */
+import type { FastifyInstance } from 'fastify';
+import type { FerryCore } from '../../orchestration/core.js';
+import { listPointsQuery, nameParam, protectRequest, testFailoverRequest, updateMachineRequest } from '../../protocol/requests.js';
+import { parse } from '../http-errors.js';
+
+export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
+  const machineName = (params: unknown) => parse(nameParam, params, 'machine name').name;
+
+  app.get('/api/v1/machines', async () => ({ machines: await core.machines.list() }));
+  app.get('/api/v1/machines/:name', async (request) => core.machines.view(machineName(request.params)));
+  app.patch('/api/v1/machines/:name', async (request) =>
+    core.machines.update(machineName(request.params), parse(updateMachineRequest, request.body, 'machine settings')),
+  );
+
+  app.post('/api/v1/machines/:name/protect', async (request, reply) => {
+    const result = await core.replication.protect(machineName(request.params), parse(protectRequest, request.body, 'protect request'));
+    return reply.status(202).send(result);
+  });
+
+  app.get('/api/v1/machines/:name/points', async (request) => {
+    const query = parse(listPointsQuery, request.query, 'query');
+    return { points: await core.points.list(machineName(request.params), query.limit) };
+  });
+  app.post('/api/v1/machines/:name/points', async (request, reply) => {
+    return reply.status(202).send({ job: await core.points.request(machineName(request.params)) });
+  });
+
+  app.post('/api/v1/machines/:name/test-failover', async (request, reply) => {
+    const body = parse(testFailoverRequest, request.body, 'test failover request');
+    return reply.status(202).send(await core.testFailovers.start(machineName(request.params), body.point));
+  });
+  app.delete('/api/v1/machines/:name/test-failover', async (request, reply) => {
+    return reply.status(202).send({ job: await core.testFailovers.cleanup(machineName(request.params)) });
+  });
+}

@@ -1,0 +1,97 @@
+/** `StoreBackend` on a local directory: one file per object, written tmp -> fsync -> rename -> fsync dir. */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { FerryError } from '../errors.js';
+import { ensureDirectory, writeFileDurable } from '../util/durable-fs.js';
+import { assertValidKey, type StoreBackend } from './backend.js';
+
+/** A store backend keeping each object as a file under `root`. */
+export class FilesystemBackend implements StoreBackend {
+  readonly location: string;
+  private readonly knownDirectories = new Set<string>();
+
+  constructor(private readonly root: string) {
+    this.location = path.resolve(root);
+  }
+
+  async put(key: string, data: Uint8Array): Promise<void> {
+    const filePath = this.pathOf(key);
+    const directory = path.dirname(filePath);
+    await this.io(`write ${key}`, async () => {
+      if (!this.knownDirectories.has(directory)) {
+        await ensureDirectory(directory);
+        this.knownDirectories.add(directory);
+      }
+      await writeFileDurable(filePath, data);
+    });
+  }
+
+  async get(key: string): Promise<Buffer> {
+    try {
+      return await fs.readFile(this.pathOf(key));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new FerryError('not-found', `object '${key}' not found in store ${this.location}`);
+      }
+      throw ioError(`read ${key}`, error);
+    }
+  }
+
+  async has(key: string): Promise<boolean> {
+    try {
+      await fs.access(this.pathOf(key));
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw ioError(`check ${key}`, error);
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.io(`delete ${key}`, () => fs.rm(this.pathOf(key), { force: true }));
+  }
+
+  async *list(prefix: string): AsyncIterable<string> {
+    // Walk only the directory the prefix points into, then filter by the rest of the prefix.
+    const slash = prefix.lastIndexOf('/');
+    const base = slash === -1 ? '' : prefix.slice(0, slash);
+    const startDirectory = path.join(this.root, base);
+    for await (const relative of walk(startDirectory)) {
+      const key = base === '' ? relative : `${base}/${relative}`;
+      if (key.startsWith(prefix) && !path.basename(key).startsWith('.')) yield key;
+    }
+  }
+
+  private pathOf(key: string): string {
+    assertValidKey(key);
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  private async io<T>(what: string, operation: () => Promise<T>): Promise<T> {
+    try {
+      return await operation();
+    } catch (error) {
+      throw ioError(what, error);
+    }
+  }
+}
+
+function ioError(what: string, error: unknown): FerryError {
+  return new FerryError('io-error', `store could not ${what}: ${(error as Error).message}`, { cause: error });
+}
+
+async function* walk(directory: string, relative = ''): AsyncIterable<string> {
+  let entries;
+  try {
+    entries = await fs.readdir(directory, { withFileTypes: true });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw ioError(`list ${directory}`, error);
+  }
+  entries.sort((a, b) => a.name.localeCompare(b.name));
+  for (const entry of entries) {
+    const child = relative === '' ? entry.name : `${relative}/${entry.name}`;
+    if (entry.isDirectory()) yield* walk(path.join(directory, entry.name), child);
+    else if (entry.isFile()) yield child;
+  }
+}
