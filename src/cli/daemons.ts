@@ -1,8 +1,7 @@
 /** `ferry server` and `ferry agent`: the two long-running processes. Both stop cleanly on SIGINT/SIGTERM. */
 import type { Command } from 'commander';
-import { Agent, type AgentMachine } from '../agent/agent.js';
+import type { AgentMachine } from '../agent/agent.js';
 import { FerryError } from '../errors.js';
-import { startServer } from '../server/server.js';
 import { defaultDataDir } from './context.js';
 
 /** Parses one --machine value: NAME=DISK[,DISK...]. */
@@ -31,6 +30,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--data-dir <dir>', 'where metadata, the chunk store and admin.token live', defaultDataDir())
     .option('--listen <host:port>', 'address to listen on', '127.0.0.1:7300')
     .action(async (options: { dataDir: string; listen: string }) => {
+      // Loaded here, not at the top: other commands should not pay for the server's start-up.
+      const { startServer } = await import('../server/server.js');
       const server = await startServer({ dataDir: options.dataDir, listen: options.listen });
       process.stdout.write(`ferry server listening on ${server.url} (data in ${server.core.dataDir}; admin token in ${server.core.adminTokenFile})\n`);
       onShutdown(() => server.close());
@@ -48,6 +49,7 @@ export function registerDaemonCommands(program: Command): void {
       const serverUrl = globals.server ?? process.env.FERRY_SERVER;
       const token = globals.token ?? process.env.FERRY_TOKEN;
       if (!serverUrl || !token) throw new FerryError('invalid-request', 'ferry agent needs --server URL and --token T (or FERRY_SERVER / FERRY_TOKEN)');
+      const { Agent } = await import('../agent/agent.js');
       const agent = new Agent({ serverUrl, token, dataDir: options.dataDir, machines: options.machine, name: options.name });
       onShutdown(() => agent.stop());
       await agent.run();

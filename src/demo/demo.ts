@@ -76,7 +76,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
   }
   const machineFlags = machines.flatMap((machine) => ['--machine', `${machine.name}=${machine.disks.join(',')}`]);
   ferry(['agent', '--server', url, '--token', agentToken, '--data-dir', path.join(demoDir, 'agent'), '--name', 'demo-agent', ...machineFlags], 'agent');
-  ferry(['demo', 'workload', '--data-dir', dataDir], 'workload');
+  ferry(['demo-workload', '--data-dir', dataDir], 'workload');
 
   const sites = (await admin.get<{ sites: SiteView[] }>('/sites')).sites;
   if (!sites.some((site) => site.name === 'recovery')) {
@@ -91,20 +91,24 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       throw error.code === 'not-found' ? new FerryError('not-found', error.message, { retryable: true }) : error;
     }), { deadlineMs: 30_000 });
     const control = controlDirectory(path.join(demoDir, 'workload'), machine.name);
-    const hook = (action: string) => `'${process.execPath}' '${options.ferryBin}' demo hook ${action} --dir '${control}'`;
+    const hook = (action: string) => `'${process.execPath}' '${options.ferryBin}' demo-hook ${action} --dir '${control}'`;
     await admin.patch(`/machines/${machine.name}`, { prePointCommand: hook('pause'), postPointCommand: hook('resume'), hookTimeoutSeconds: 30 });
     if (view.state === 'unprotected') await admin.post(`/machines/${machine.name}/protect`, { site: 'recovery', policy: 'demo' });
   }
 
   say('protecting web-01 and db-01; initial replication:');
-  for (let round = 0; round < 600; round++) {
+  let shown = '';
+  for (let round = 0; round < 1200; round++) {
     const { machines: views } = await admin.get<{ machines: MachineView[] }>('/machines');
     const line = views.map((view) => `${view.name} ${view.state}${view.replication.percent !== null ? ` ${view.replication.percent}%` : ''}`).join('   ');
-    process.stdout.write(`\r  ${line}`.padEnd(90));
+    if (line !== shown) {
+      process.stdout.write(process.stdout.isTTY ? `\r  ${line}`.padEnd(90) : `  ${line}\n`);
+      shown = line;
+    }
     if (views.every((view) => view.state === 'protected')) break;
     await sleep(500);
   }
-  process.stdout.write('\n');
+  if (process.stdout.isTTY) process.stdout.write('\n');
   printGuide(dataDir, url);
   await new Promise(() => undefined);
 }
@@ -137,18 +141,19 @@ async function waitForServer(dataDir: string): Promise<string> {
 }
 
 function printGuide(dataDir: string, url: string): void {
-  const relative = path.relative(process.cwd(), dataDir) || '.';
-  const env = relative === 'ferry-data' ? '' : `FERRY_DATA_DIR=${relative} `;
+  const inside = path.relative(process.cwd(), dataDir);
+  const shown = inside && !inside.startsWith('..') ? inside : dataDir;
+  const env = path.resolve(shown) === path.resolve('ferry-data') ? '' : `FERRY_DATA_DIR=${shown} `;
   console.log(`
-Ferry is running (server ${url}, data in ${relative}/, logs in ${relative}/logs/).
+Ferry is running (server ${url}, data in ${shown}/, logs in ${shown}/logs/).
 In another terminal, from this directory:
 
   ${env}npx ferry status                         # state, health, RPO of web-01 and db-01
   ${env}npx ferry points list web-01             # recovery points (a new one every interval)
   ${env}npx ferry points create web-01 --wait    # take one now
   ${env}npx ferry failover web-01 --test --wait  # write the latest point's disk at the recovery site
-  debugfs -R 'cat /app/counter.txt' ${relative}/recovery-site/web-01/test-failover/disk0.raw
-  e2fsck -fn ${relative}/recovery-site/web-01/test-failover/disk0.raw
+  debugfs -R 'cat /app/counter.txt' ${shown}/recovery-site/web-01/test-failover/disk0.raw
+  e2fsck -fn ${shown}/recovery-site/web-01/test-failover/disk0.raw
   ${env}npx ferry failover cleanup web-01        # remove the test failover
   ${env}npx ferry jobs                           # what ran, and how it went
 

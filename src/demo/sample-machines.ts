@@ -38,9 +38,9 @@ function text(random: () => number, bytes: number): string {
 }
 
 function binary(random: () => number, bytes: number): Buffer {
-  const data = Buffer.alloc(bytes);
-  for (let offset = 0; offset < bytes; offset += 4) data.writeUInt32LE(Math.floor(random() * 4294967296), offset);
-  return data;
+  const data = Buffer.alloc(Math.ceil(bytes / 4) * 4);
+  for (let offset = 0; offset < data.length; offset += 4) data.writeUInt32LE(Math.floor(random() * 4294967296), offset);
+  return data.subarray(0, bytes);
 }
 
 /** Writes a tree of realistic files under `root`, about `megabytes` in all. */
