@@ -1,0 +1,87 @@
+/**
+ * The CLI's promises: every read command prints one JSON document with --json; exit 0 on success and
+ * a mapped non-zero code with a one-line reason otherwise; --server/--token beat FERRY_SERVER/FERRY_TOKEN,
+ * which beat the local data directory's server.json/admin.token.
+ */
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { test } from 'node:test';
+import { connectAgent, ext4Disk, ferry, ferryJson, freePort, startServer, tempDir } from './harness.js';
+
+test('read commands print one JSON document; errors map to exit codes with one line', async (t) => {
+  const root = await tempDir(t);
+  const server = await startServer(t, path.join(root, 'server'));
+  const disk = await ext4Disk(root, 'vm', 8, { 'f.txt': 'f\n' });
+  await connectAgent(t, server, root, { vm: [disk] });
+  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
+  await ferryJson(server, ['policy', 'add', 'fast', '--interval', '30s', '--retention', '1h']);
+
+  const reads: [string[], string][] = [
+    [['status'], 'machines'],
+    [['machine', 'list'], 'machines'],
+    [['site', 'list'], 'sites'],
+    [['policy', 'list'], 'policies'],
+    [['jobs'], 'jobs'],
+    [['events'], 'events'],
+    [['points', 'list', 'vm'], 'points'],
+  ];
+  for (const [args, key] of reads) {
+    const outcome = await ferry(server, [...args, '--json']);
+    assert.equal(outcome.code, 0, `${args.join(' ')}: ${outcome.stderr}`);
+    assert.ok(Array.isArray(outcome.json()[key]), `${args.join(' ')} --json has ${key}[]`);
+  }
+  const policies = (await ferryJson(server, ['policy', 'list'])).policies;
+  assert.deepEqual(
+    policies.map((policy: { name: string; intervalSeconds: number; retentionSeconds: number; rpoThresholdSeconds: number }) => [policy.name, policy.intervalSeconds, policy.retentionSeconds, policy.rpoThresholdSeconds]),
+    [['default', 300, 86400, 600], ['fast', 30, 3600, 60]],
+  );
+  const human = await ferry(server, ['status']);
+  assert.equal(human.code, 0);
+  assert.match(human.stdout, /^MACHINE\s+STATE\s+HEALTH/);
+  assert.match(human.stdout, /vm\s+unprotected/);
+
+  const usage = await ferry(server, ['failover', 'vm']);
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /add --test/);
+  const unknownCommand = await ferry(server, ['frobnicate']);
+  assert.equal(unknownCommand.code, 2);
+  const refused = await ferry(server, ['points', 'create', 'vm', '--json']);
+  assert.equal(refused.code, 4, 'an unprotected machine cannot take points');
+  assert.equal(refused.json().error.code, 'conflict');
+  assert.match(refused.stderr, /unprotected; run `ferry protect vm --site SITE` first/);
+  const noTest = await ferry(server, ['failover', 'vm', '--test']);
+  assert.equal(noTest.code, 4);
+  assert.match(noTest.stderr, /is unprotected; test failover needs a protected machine/);
+  const help = await ferry(null, ['--help']);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /failover/);
+});
+
+test('server and token come from flags, then environment, then the local data directory', async (t) => {
+  const root = await tempDir(t);
+  const dataDir = path.join(root, 'server');
+  const server = await startServer(t, dataDir);
+
+  const fromDataDir = await ferry(null, ['site', 'list', '--json'], { FERRY_DATA_DIR: dataDir });
+  assert.equal(fromDataDir.code, 0, fromDataDir.stderr);
+
+  const unusedPort = await freePort();
+  const unreachable = await ferry(server, ['status'], { FERRY_SERVER: `http://127.0.0.1:${unusedPort}` });
+  assert.equal(unreachable.code, 5);
+  assert.match(unreachable.stderr, /^ferry: cannot reach Ferry server at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)\n$/);
+
+  const flagWins = await ferry(server, ['--server', server.url, 'status'], { FERRY_SERVER: `http://127.0.0.1:${unusedPort}` });
+  assert.equal(flagWins.code, 0, flagWins.stderr);
+  const tokenFlagWins = await ferry(server, ['status', '--token', 'ferry_admin_bogus']);
+  assert.equal(tokenFlagWins.code, 4);
+  const noToken = await ferry(server, ['status'], { FERRY_TOKEN: '' });
+  assert.equal(noToken.code, 4);
+  assert.match(noToken.stderr, /missing token/);
+
+  const agentToken = await ferryJson(server, ['token', 'create', '--role', 'agent', '--name', 'edge']);
+  assert.match(agentToken.token, /^ferry_agent_/);
+  assert.equal(agentToken.name, 'edge');
+  const agentOnAdmin = await ferry(server, ['status'], { FERRY_TOKEN: agentToken.token });
+  assert.equal(agentOnAdmin.code, 4);
+  assert.match(agentOnAdmin.stderr, /agent token may not call GET/);
+});
