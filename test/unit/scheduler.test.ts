@@ -1,0 +1,117 @@
+/**
+ * The scheduler and retention, driven through the real core (SQLite, chunk store) with the one thing
+ * that cannot be waited for in a test replaced: the clock (CoreContext.now).
+ */
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { FerryCore } from '../../src/orchestration/core.js';
+import { Scheduler } from '../../src/orchestration/scheduler.js';
+import { hashChunk } from '../../src/store/chunking.js';
+import { DiskIndex } from '../../src/store/disk-index.js';
+
+const MINUTE = 60_000;
+
+async function setUp(t: test.TestContext) {
+  const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'ferry-scheduler-'));
+  let clock = Date.parse('2026-01-01T00:00:00Z');
+  const core = await FerryCore.create({ dataDir, options: { retryDelayMs: 30_000 } });
+  core.context.now = () => clock;
+  t.after(async () => {
+    await core.stop();
+    await fs.rm(dataDir, { recursive: true, force: true });
+  });
+  const token = await core.tokens.create('agent');
+  const principal = await core.tokens.authenticate(token.token);
+  const { agentId } = await core.machines.registerAgent(principal, { agentName: 'a1', machines: [{ name: 'vm', disks: [{ path: '/dev/null', sizeBytes: 65536, error: null }] }] });
+  await core.sites.create({ name: 'dr', driver: 'files', path: path.join(dataDir, 'site') });
+  await core.policies.create({ name: 'hourly', intervalSeconds: 3600, retentionSeconds: 6 * 3600 });
+  const scheduler = new Scheduler(core.context, core.points);
+  const activeJobs = async () =>
+    (await core.jobs.list({ activeOnly: true, limit: 10 })).filter((job) => job.machine === 'vm' && ['initial-replication', 'point'].includes(job.kind));
+
+  /** Completes the machine's active job as an agent would, with one chunk of `fill` bytes. */
+  const commitActiveJob = async (fill: number) => {
+    const [job] = await activeJobs();
+    assert.ok(job, 'a job is active');
+    await core.replication.start(agentId, job.id);
+    const data = Buffer.alloc(65536, fill);
+    await core.context.store.putChunk(hashChunk(data).toString('hex'), data);
+    const index = DiskIndex.empty(65536, 65536);
+    index.setHash(0, hashChunk(data));
+    const indexHash = await core.context.store.putIndex(index);
+    const disk = (await core.machines.disksOf((await core.machines.get('vm')).id))[0]!;
+    return core.points.commit(agentId, { jobId: job.id, takenAt: clock, consistency: 'app', note: null, disks: [{ diskId: disk.id, indexHash, changedBytes: 65536 }] });
+  };
+  // Time passes as if the agent kept polling, so "agent not seen" does not colour these checks.
+  const advance = async (ms: number) => {
+    clock += ms;
+    await core.machines.touchAgent(agentId);
+  };
+  return { core, scheduler, agentId, activeJobs, commitActiveJob, advance };
+}
+
+test('points come due on the policy interval; after a failure the scheduler waits before retrying', async (t) => {
+  const { core, scheduler, agentId, activeJobs, commitActiveJob, advance } = await setUp(t);
+  await core.replication.protect('vm', { site: 'dr', policy: 'hourly' });
+  assert.equal((await activeJobs())[0]?.kind, 'initial-replication');
+  await scheduler.tick();
+  assert.equal((await activeJobs()).length, 1, 'never two replication jobs at once');
+  await commitActiveJob(1);
+  assert.equal((await core.machines.view('vm')).state, 'protected');
+
+  await advance(30 * MINUTE);
+  await scheduler.tick();
+  assert.equal((await activeJobs()).length, 0, 'not due yet');
+  assert.equal((await core.machines.view('vm')).rpoSeconds, 1800);
+
+  await advance(31 * MINUTE);
+  await scheduler.tick();
+  const [due] = await activeJobs();
+  assert.equal(due?.kind, 'point');
+  assert.equal((await core.machines.view('vm')).health.level, 'healthy', 'RPO 61m is under the 2h threshold');
+
+  await core.replication.start(agentId, due.id);
+  await core.replication.fail(agentId, due.id, { code: 'disk-unreadable', message: 'disk /dev/null cannot be read (EIO)', retryable: true });
+  const failed = await core.machines.view('vm');
+  assert.equal(failed.replication.state, 'error');
+  assert.equal(failed.health.level, 'critical');
+  await advance(10_000);
+  await scheduler.tick();
+  assert.equal((await activeJobs()).length, 0, 'waits the retry delay after a failure');
+  await advance(25_000);
+  await scheduler.tick();
+  assert.equal((await activeJobs()).length, 1, 'retries once the delay has passed');
+  await commitActiveJob(2);
+  assert.equal((await core.machines.view('vm')).replication.state, 'idle', 'a successful point clears the error');
+
+  await advance(3 * 3600_000);
+  const late = await core.machines.view('vm');
+  assert.equal(late.health.level, 'warning');
+  assert.match(late.health.reasons.join(), /RPO \d+s is over the policy's threshold of 7200s/);
+});
+
+test('retention removes points past it, but keeps the newest and any point a test failover uses', async (t) => {
+  const { core, scheduler, activeJobs, commitActiveJob, advance } = await setUp(t);
+  await core.replication.protect('vm', { site: 'dr', policy: 'hourly' });
+  const first = await commitActiveJob(1);
+  const taken = [first.id];
+  for (let n = 2; n <= 4; n++) {
+    await advance(2 * 3600_000);
+    await core.points.request('vm');
+    taken.push((await commitActiveJob(n)).id);
+  }
+  // Points at 0h, 2h, 4h, 6h; now is 6h. Retention is 6h: nothing has expired yet.
+  await core.points.expire(await core.machines.get('vm'), 6 * 3600);
+  assert.equal((await core.points.list('vm', 100)).length, 4);
+
+  await core.testFailovers.start('vm', taken[1]!); // holds the 2h point
+  await advance(5 * 3600_000); // now 11h: 0h, 2h and 4h are past retention
+  await scheduler.tick();
+  const kept = (await core.points.list('vm', 100)).map((point) => point.id);
+  assert.deepEqual(kept.sort(), [taken[1]!, taken[3]!].sort(), 'newest kept, test-failover point kept, others removed');
+  assert.ok((await core.events.list({ limit: 20 })).some((event) => event.code === 'points-expired'));
+  assert.equal((await activeJobs()).length, 1, 'and a point was due');
+});
