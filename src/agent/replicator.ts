@@ -59,18 +59,18 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
       }
     }
     const takenAt = Date.now();
-    const indexes: { diskId: string; index: DiskIndex; changedBytes: number }[] = [];
+    const indexes: { diskId: string; index: DiskIndex; changedBytes: number; sentBytes: number }[] = [];
     let doneBefore = 0;
     try {
       for (const [position, disk] of job.disks.entries()) {
         const source = sources[position]!;
         const previous = await deps.state.lastIndex(disk.id);
-        const { index, changedBytes } = await readDisk(source, job.chunkSize, previous, {
+        const { index, changedBytes, sentBytes } = await readDisk(source, job.chunkSize, previous, {
           call,
           client: deps.client,
           onProgress: (doneBytes) => progress.report(doneBefore + doneBytes, `reading disk ${disk.position}`),
         });
-        indexes.push({ diskId: disk.id, index, changedBytes });
+        indexes.push({ diskId: disk.id, index, changedBytes, sentBytes });
         doneBefore += source.size;
       }
     } finally {
@@ -84,10 +84,10 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     if (!job.hooks.prePoint) notes.push('no pre-point hook and no snapshot: disks were read while they may have been changing');
 
     await progress.flush();
-    const committedDisks: { diskId: string; indexHash: string; changedBytes: number }[] = [];
+    const committedDisks: { diskId: string; indexHash: string; changedBytes: number; sentBytes: number }[] = [];
     for (const entry of indexes) {
       const { indexHash } = await call(() => deps.client.postBinary<{ indexHash: string }>('/indexes', entry.index.encode()));
-      committedDisks.push({ diskId: entry.diskId, indexHash, changedBytes: entry.changedBytes });
+      committedDisks.push({ diskId: entry.diskId, indexHash, changedBytes: entry.changedBytes, sentBytes: entry.sentBytes });
     }
     const point = await call(() =>
       deps.client.post<PointView>('/agent/points', { jobId: job.id, takenAt, consistency, note: notes.join('; ') || null, disks: committedDisks }),
@@ -109,11 +109,17 @@ interface ReadDeps {
  * Reads one disk into an index, uploading chunks the server does not have. `previous` (the last
  * committed index of this disk) lets unchanged chunks skip the server query.
  */
-async function readDisk(source: DiskSource, chunkSize: number, previous: DiskIndex | null, deps: ReadDeps): Promise<{ index: DiskIndex; changedBytes: number }> {
+async function readDisk(
+  source: DiskSource,
+  chunkSize: number,
+  previous: DiskIndex | null,
+  deps: ReadDeps,
+): Promise<{ index: DiskIndex; changedBytes: number; sentBytes: number }> {
   const index = DiskIndex.empty(source.size, chunkSize);
   const comparable = previous && previous.chunkSize === chunkSize ? previous : null;
   const sentThisCycle = new Set<string>();
   let changedBytes = 0;
+  let sentBytes = 0;
   let upload: Promise<void> = Promise.resolve();
 
   for (let first = 0; first < index.chunkCount; first += WINDOW_CHUNKS) {
@@ -141,23 +147,25 @@ async function readDisk(source: DiskSource, chunkSize: number, previous: DiskInd
     }
 
     await upload; // at most one window in flight while the next is read
-    upload = candidates.length ? uploadMissing(candidates, deps) : Promise.resolve();
+    upload = candidates.length ? uploadMissing(candidates, deps).then((sent) => void (sentBytes += sent)) : Promise.resolve();
     deps.onProgress(windowOffset + windowLength);
   }
   await upload;
-  return { index, changedBytes };
+  return { index, changedBytes, sentBytes };
 }
 
-/** Asks which candidates the server lacks and sends those in batches. */
-async function uploadMissing(candidates: { hash: Buffer; data: Buffer }[], deps: ReadDeps): Promise<void> {
+/** Asks which candidates the server lacks and sends those in batches; returns the chunk bytes sent. */
+async function uploadMissing(candidates: { hash: Buffer; data: Buffer }[], deps: ReadDeps): Promise<number> {
   const { missing } = await deps.call(() => deps.client.post<{ missing: string[] }>('/chunks/missing', { hashes: candidates.map((c) => c.hash.toString('hex')) }));
   const wanted = new Set(missing);
   let batch: { hash: Buffer; data: Buffer }[] = [];
   let batchBytes = 0;
+  let sentBytes = 0;
   const send = async () => {
     if (batch.length === 0) return;
     const body = encodeChunkBatch(batch);
     await deps.call(() => deps.client.postBinary('/chunks', body));
+    sentBytes += batch.reduce((total, chunk) => total + chunk.data.length, 0);
     batch = [];
     batchBytes = 0;
   };
@@ -168,6 +176,7 @@ async function uploadMissing(candidates: { hash: Buffer; data: Buffer }[], deps:
     batchBytes += candidate.data.length + 36;
   }
   await send();
+  return sentBytes;
 }
 
 /** Sends progress at most every 500 ms; reports never block reading for long. */

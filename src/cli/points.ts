@@ -44,8 +44,16 @@ export function registerPointCommands(program: Command): void {
       const { points: list } = await cli.client.get<{ points: PointView[] }>(`/machines/${encodeURIComponent(name)}/points`);
       cli.print({ points: list }, () =>
         printTable(
-          ['POINT', 'TAKEN', 'AGE', 'CONSISTENCY', 'CHANGED', 'DISKS'],
-          list.map((p) => [p.id, p.takenAt, formatAge(p.takenAt), p.consistency, formatBytes(p.disks.reduce((t, d) => t + d.changedBytes, 0)), p.disks.length]),
+          ['POINT', 'TAKEN', 'AGE', 'CONSISTENCY', 'CHANGED', 'SENT', 'DISKS'],
+          list.map((p) => [
+            p.id,
+            p.takenAt,
+            formatAge(p.takenAt),
+            p.consistency,
+            formatBytes(p.disks.reduce((t, d) => t + d.changedBytes, 0)),
+            formatBytes(p.disks.reduce((t, d) => t + d.sentBytes, 0)),
+            p.disks.length,
+          ]),
           `no recovery points for ${name} yet`,
         ),
       );

@@ -87,6 +87,7 @@ const migrations: Record<string, Migration> = {
         .addColumn('chunk_size', 'integer', (c) => c.notNull())
         .addColumn('index_hash', 'text', (c) => c.notNull())
         .addColumn('changed_bytes', 'integer', (c) => c.notNull())
+        .addColumn('sent_bytes', 'integer', (c) => c.notNull())
         .addPrimaryKeyConstraint('point_disks_pk', ['point_id', 'disk_id'])
         .execute();
       await db.schema

@@ -82,6 +82,7 @@ export interface PointDiskTable {
   chunk_size: number;
   index_hash: string;
   changed_bytes: number;
+  sent_bytes: number;
 }
 
 export interface JobTable {

@@ -92,6 +92,7 @@ export class Points {
             chunk_size: index.chunkSize,
             index_hash: entry.indexHash,
             changed_bytes: entry.changedBytes,
+            sent_bytes: entry.sentBytes,
           })
           .execute();
       }
@@ -105,11 +106,12 @@ export class Points {
       await this.jobs.transition(job.id, 'succeed', { result: { pointId, consistency: request.consistency } }, db);
     });
     const changedBytes = request.disks.reduce((total, disk) => total + disk.changedBytes, 0);
+    const sentBytes = request.disks.reduce((total, disk) => total + disk.sentBytes, 0);
     await this.events.record({
       machineId: machine.id,
       severity: 'info',
       code: machine.state === 'protecting' ? 'initial-replication-done' : 'point-created',
-      message: `${machine.name}: recovery point ${pointId} (${request.consistency}) committed, ${changedBytes} bytes changed`,
+      message: `${machine.name}: recovery point ${pointId} (${request.consistency}) committed, ${changedBytes} bytes changed, ${sentBytes} sent`,
     });
     return this.view(pointId);
   }
@@ -146,6 +148,7 @@ export class Points {
         chunkSize: disk.chunk_size,
         indexHash: disk.index_hash,
         changedBytes: disk.changed_bytes,
+        sentBytes: disk.sent_bytes,
       })),
     };
   }

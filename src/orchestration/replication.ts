@@ -55,11 +55,12 @@ export class Replication {
       if (pending.length > 0 || Date.now() >= deadline || signal.aborted) {
         return Promise.all(pending.map((job) => this.describeForAgent(job.id, job.machine_id!, job.params)));
       }
-      const remaining = deadline - Date.now();
-      await Promise.race([
-        once(this.context.signals, 'work', { signal }).catch(() => undefined),
-        new Promise((resolve) => setTimeout(resolve, Math.min(remaining, 5000))),
-      ]);
+      // Wake on new work, the caller going away, or after a while (to re-check and refresh last-seen);
+      // the listener and the timer are removed either way, so long polls leave nothing behind.
+      const wait = new AbortController();
+      const timer = setTimeout(() => wait.abort(), Math.min(deadline - Date.now(), 5000));
+      await once(this.context.signals, 'work', { signal: AbortSignal.any([signal, wait.signal]) }).catch(() => undefined);
+      clearTimeout(timer);
     }
   }
 

@@ -104,7 +104,16 @@ export const commitPointRequest = z.object({
   consistency: z.enum(['app', 'crash', 'inconsistent']),
   note: z.string().max(2000).nullable().default(null),
   disks: z
-    .array(z.object({ diskId: z.string().min(1).max(64), indexHash: hashHex, changedBytes: z.number().int().nonnegative() }))
+    .array(
+      z.object({
+        diskId: z.string().min(1).max(64),
+        indexHash: hashHex,
+        /** Bytes of chunks that differ from the disk's previous point. */
+        changedBytes: z.number().int().nonnegative(),
+        /** Bytes of chunk data actually sent (changed chunks the server did not already hold). */
+        sentBytes: z.number().int().nonnegative(),
+      }),
+    )
     .min(1),
 });
 

@@ -76,7 +76,10 @@ export interface PointDiskView {
   sizeBytes: number;
   chunkSize: number;
   indexHash: string;
+  /** Bytes that differ from the previous point of this disk. */
   changedBytes: number;
+  /** Bytes of chunk data sent for this point (changed data the store did not already hold). */
+  sentBytes: number;
 }
 
 export interface PointView {

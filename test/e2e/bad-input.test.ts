@@ -123,7 +123,7 @@ test('bad requests are refused with clear errors, and stored points stay intact'
     index.setHash(1, hashChunk(Buffer.alloc(65536, 12)));
     await assert.rejects(agent.postBinary('/indexes', index.encode()), (error: { code: string }) => error.code === 'chunk-missing');
     const corrupt = index.encode();
-    corrupt[30] ^= 0xff;
+    corrupt[30] = corrupt[30]! ^ 0xff;
     await assert.rejects(agent.postBinary('/indexes', corrupt), (error: { code: string; message: string }) => error.code === 'invalid-request' && /checksum/.test(error.message));
   });
 

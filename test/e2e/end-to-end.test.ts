@@ -136,3 +136,30 @@ test('hooks make points app-consistent; a failing pre-point hook labels the poin
   assert.match(timedOut.point.note, /timed out after 1s/);
   assert.ok(Date.now() - started < 15_000, 'a hung hook is killed at its timeout');
 });
+
+test('only chunks the server lacks are sent: unchanged cycles and identical disks send nothing', async (t) => {
+  const root = await tempDir(t);
+  const server = await startServer(t, path.join(root, 'server'));
+  const original = await ext4Disk(root, 'one', 24, { 'data/file.bin': Buffer.alloc(4 * 1024 * 1024, 5), 'data/note.txt': 'same\n' });
+  const twin = path.join(root, 'two.img');
+  await fs.copyFile(original, twin);
+  await connectAgent(t, server, root, { one: [original], two: [twin] });
+  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
+
+  await ferryJson(server, ['protect', 'one', '--site', 'dr', '--wait']);
+  const [first] = (await ferryJson(server, ['points', 'list', 'one'])).points;
+  const used = first.disks[0].changedBytes;
+  assert.ok(used > 0 && used < 8 * 1024 * 1024, `the first point sends the used part of the disk, not its 24 MiB: ${used}`);
+  assert.ok(first.disks[0].sentBytes <= used, 'duplicate chunks within the disk are sent once');
+
+  const again = (await ferryJson(server, ['points', 'create', 'one', '--wait'])).point;
+  assert.equal(again.disks[0].changedBytes, 0, 'nothing changed');
+  assert.equal(again.disks[0].sentBytes, 0, 'so nothing is sent');
+
+  await ferryJson(server, ['protect', 'two', '--site', 'dr', '--wait']);
+  const [twinPoint] = (await ferryJson(server, ['points', 'list', 'two'])).points;
+  assert.ok(twinPoint.disks[0].changedBytes > 0, 'a new machine has data');
+  assert.equal(twinPoint.disks[0].sentBytes, 0, 'but the server already holds every chunk of it');
+  const restored = await ferryJson(server, ['failover', 'two', '--test', '--wait']);
+  assert.ok(await sameBytes(restored.disks[0].path, twin));
+});
