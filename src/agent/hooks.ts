@@ -33,12 +33,21 @@ export function runHook(command: string, options: { timeoutSeconds: number; env:
       clearTimeout(timer);
       reject(new FerryError('hook-failed', `${options.name} hook could not start: ${error.message}`));
     });
-    child.on('close', (code, signal) => {
+    // The hook is done when its own process exits: a background process it left holding stdout must not
+    // make us wait. Output still in the pipes is given a moment to arrive.
+    child.on('exit', (code, signal) => {
       clearTimeout(timer);
-      if (code === 0) return resolve({ output });
-      const why = timedOut ? `timed out after ${options.timeoutSeconds}s` : signal ? `was killed by ${signal}` : `exited with code ${code}`;
-      const tail = output.trim().split('\n').slice(-3).join(' | ');
-      reject(new FerryError('hook-failed', `${options.name} hook ${why}${tail ? `: ${tail}` : ''}`));
+      const finish = () => {
+        if (code === 0 && !timedOut) return resolve({ output });
+        const why = timedOut ? `timed out after ${options.timeoutSeconds}s` : signal ? `was killed by ${signal}` : `exited with code ${code}`;
+        const tail = output.trim().split('\n').slice(-3).join(' | ');
+        reject(new FerryError('hook-failed', `${options.name} hook ${why}${tail ? `: ${tail}` : ''}`));
+      };
+      const grace = setTimeout(finish, 100);
+      child.once('close', () => {
+        clearTimeout(grace);
+        finish();
+      });
     });
   });
 }

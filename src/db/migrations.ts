@@ -2,7 +2,7 @@
  * Versioned schema migrations, applied in name order by Kysely's Migrator at server start. Never edit
  * a migration that has shipped; add the next one.
  */
-import type { Kysely, Migration, MigrationProvider } from 'kysely';
+import { type Kysely, type Migration, type MigrationProvider, sql } from 'kysely';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': {
@@ -112,6 +112,9 @@ const migrations: Record<string, Migration> = {
         .execute();
       await db.schema.createIndex('jobs_state').on('jobs').columns(['state', 'agent_id']).execute();
       await db.schema.createIndex('jobs_machine').on('jobs').columns(['machine_id', 'created_at']).execute();
+      // At most one unfinished replication job per machine, whoever asks (user, scheduler, protect).
+      await sql`CREATE UNIQUE INDEX jobs_one_active_replication ON jobs (machine_id)
+                WHERE kind IN ('initial-replication', 'point') AND state IN ('queued', 'running')`.execute(db);
       await db.schema
         .createTable('test_failovers')
         .addColumn('machine_id', 'text', (c) => c.primaryKey().references('machines.id'))

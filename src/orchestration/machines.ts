@@ -19,17 +19,26 @@ export class Machines {
 
   /**
    * Records an agent and the machines it serves, with their disks (added, re-pathed or resized).
-   * A machine already served by another agent is refused; re-registering is idempotent.
+   * Refused with conflict: an agent name registered with another token, a token that already belongs
+   * to another agent, a machine served by another agent, and a changed number of disks on a machine
+   * that is not unprotected (its points name every disk). Re-registering is idempotent.
    */
   async registerAgent(principal: Principal, request: RegisterAgentRequest): Promise<RegisterAgentResponse> {
     const now = this.context.now();
     return this.context.db.transaction().execute(async (db) => {
       let agent = await db.selectFrom('agents').selectAll().where('name', '=', request.agentName).executeTakeFirst();
+      if (agent && agent.token_id !== principal.tokenId) {
+        throw new FerryError('conflict', `agent '${request.agentName}' is registered with another token; give this agent another --name or its own token`);
+      }
+      const tokenOwner = await db.selectFrom('agents').select('name').where('token_id', '=', principal.tokenId).executeTakeFirst();
+      if (tokenOwner && tokenOwner.name !== request.agentName) {
+        throw new FerryError('conflict', `this token already belongs to agent '${tokenOwner.name}'; create a token per agent (ferry token create --role agent)`);
+      }
       if (!agent) {
         agent = { id: newId('agt'), name: request.agentName, token_id: principal.tokenId, last_seen_at: now, created_at: now };
         await db.insertInto('agents').values(agent).execute();
       } else {
-        await db.updateTable('agents').set({ last_seen_at: now, token_id: principal.tokenId }).where('id', '=', agent.id).execute();
+        await db.updateTable('agents').set({ last_seen_at: now }).where('id', '=', agent.id).execute();
       }
       const registered: RegisterAgentResponse['machines'] = [];
       for (const machine of request.machines) {
@@ -55,6 +64,13 @@ export class Machines {
             updated_at: now,
           };
           await db.insertInto('machines').values(row).execute();
+        }
+        const knownDisks = await db.selectFrom('disks').select('id').where('machine_id', '=', row.id).execute();
+        if (knownDisks.length > 0 && knownDisks.length !== machine.disks.length) {
+          if (row.state !== 'unprotected') {
+            throw new FerryError('conflict', `machine '${machine.name}' has ${knownDisks.length} disk(s) and is ${row.state}; changing its number of disks is not supported while it is protected`);
+          }
+          await db.deleteFrom('disks').where('machine_id', '=', row.id).where('position', '>=', machine.disks.length).execute();
         }
         const disks: RegisterAgentResponse['machines'][number]['disks'] = [];
         for (const [position, disk] of machine.disks.entries()) {

@@ -3,6 +3,7 @@
  * is in the store, listed, chosen ("latest" or an id), and expired by the machine's policy.
  */
 import { FerryError, notFound } from '../errors.js';
+import type { Db } from '../db/database.js';
 import type { MachineRow, PointRow } from '../db/schema.js';
 import type { CommitPointRequest } from '../protocol/requests.js';
 import type { JobView, PointView } from '../protocol/views.js';
@@ -27,13 +28,16 @@ export class Points {
 
   /**
    * Makes sure a replication job is queued or running for the machine and returns it: the existing one
-   * if there is one (two requests never read the disks twice at once), else a new one.
+   * if there is one (two requests never read the disks twice at once), else a new one. Check and
+   * create happen in one transaction (`db`, or a new one), and a unique index backs it up.
    */
-  async ensureReplicationJob(machine: MachineRow): Promise<JobView> {
-    const existing = await this.jobs.activeFor(machine.id, replicationKinds);
+  async ensureReplicationJob(machineId: string, db: Db = this.context.db): Promise<JobView> {
+    if (!db.isTransaction) return db.transaction().execute((transaction) => this.ensureReplicationJob(machineId, transaction));
+    const machine = await db.selectFrom('machines').selectAll().where('id', '=', machineId).executeTakeFirstOrThrow();
+    const existing = await this.jobs.activeFor(machine.id, replicationKinds, db);
     if (existing) return jobView(existing, machine.name);
     const kind: JobKind = machine.state === 'protecting' ? 'initial-replication' : 'point';
-    const created = await this.jobs.create({ kind, machineId: machine.id, agentId: machine.agent_id, params: { chunkSize: this.context.options.chunkSize } });
+    const created = await this.jobs.create({ kind, machineId: machine.id, agentId: machine.agent_id, params: { chunkSize: this.context.options.chunkSize } }, db);
     return jobView(created, machine.name);
   }
 
@@ -43,7 +47,7 @@ export class Points {
     if (machine.state === 'unprotected') {
       throw new FerryError('conflict', `machine '${machineName}' is unprotected; run \`ferry protect ${machineName} --site SITE\` first`);
     }
-    return this.ensureReplicationJob(machine);
+    return this.ensureReplicationJob(machine.id);
   }
 
   /**

@@ -32,14 +32,18 @@ export class Replication {
     const machine = await this.machines.get(machineName);
     const site = await this.sites.get(request.site);
     const policy = await this.policies.get(request.policy);
-    const state = nextState(machineTransitions, `machine '${machineName}'`, machine.state as MachineState, 'protect');
-    await this.context.db
-      .updateTable('machines')
-      .set({ state, site_id: site.id, policy_id: policy.id, replication_error: null, replication_error_code: null, updated_at: this.context.now() })
-      .where('id', '=', machine.id)
-      .execute();
+    // State check, state change and the first job in one transaction: two concurrent protects cannot both pass.
+    const job = await this.context.db.transaction().execute(async (transaction) => {
+      const current = await transaction.selectFrom('machines').select('state').where('id', '=', machine.id).executeTakeFirstOrThrow();
+      const state = nextState(machineTransitions, `machine '${machineName}'`, current.state as MachineState, 'protect');
+      await transaction
+        .updateTable('machines')
+        .set({ state, site_id: site.id, policy_id: policy.id, replication_error: null, replication_error_code: null, updated_at: this.context.now() })
+        .where('id', '=', machine.id)
+        .execute();
+      return this.points.ensureReplicationJob(machine.id, transaction);
+    });
     await this.events.record({ machineId: machine.id, severity: 'info', code: 'protection-started', message: `${machineName}: protection to site '${site.name}' with policy '${policy.name}' started` });
-    const job = await this.points.ensureReplicationJob({ ...machine, state });
     return { machine: await this.machines.view(machineName), job };
   }
 

@@ -58,7 +58,7 @@ export class Scheduler {
         machine.last_point_at === null ||
         now() - machine.last_point_at >= interval_seconds * 1000 ||
         retryPending;
-      if (due && !lastAttemptFailedRecently) await this.points.ensureReplicationJob(machine);
+      if (due && !lastAttemptFailedRecently) await this.points.ensureReplicationJob(machine.id);
       await this.points.expire(machine, retention_seconds);
     }
   }

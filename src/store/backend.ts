@@ -5,8 +5,10 @@
  * test/unit/store-backend-conformance.ts.
  *
  * Contract:
- * - Keys are relative paths of [a-z0-9-_.] segments joined by "/", e.g. "chunks/ab/ab12...". Never
- *   absolute, never "..".
+ * - Keys are relative paths of segments joined by "/", e.g. "chunks/ab/ab12...": each segment is
+ *   [a-z0-9_.-], does not start with "." (backends may use such names for their own temporary files),
+ *   and no key is a prefix-directory of another ("a" and "a/b" cannot both be objects). An invalid key
+ *   is refused with FerryError 'invalid-request' (not retryable) by every operation.
  * - `put` is atomic and durable: when it resolves, `get` returns exactly these bytes even after a crash
  *   or power loss; a crash before it resolves leaves either no object or the previous one, never a
  *   partial one. Writing the same key with the same bytes again is harmless (idempotent).
@@ -14,9 +16,12 @@
  * - `has` answers from durable state only: true means a `get` will succeed.
  * - `delete` of a missing key is not an error (idempotent).
  * - `list(prefix)` yields every key starting with `prefix` that existed before the call began; keys
- *   written or deleted during the listing may or may not appear.
+ *   written or deleted during the listing may or may not appear. `prefix` is "" or a valid key, optionally
+ *   ending in "/" (invalid-request otherwise); a prefix matching nothing yields nothing.
  * - Errors of the underlying medium are FerryError 'io-error' and retryable.
  */
+import { FerryError } from '../errors.js';
+
 export interface StoreBackend {
   /** Human-readable location, for logs and `ferry store stats`. */
   readonly location: string;
@@ -27,11 +32,17 @@ export interface StoreBackend {
   list(prefix: string): AsyncIterable<string>;
 }
 
-const keyPattern = /^[a-z0-9_.-]+(\/[a-z0-9_.-]+)*$/;
+const keyPattern = /^[a-z0-9_-][a-z0-9_.-]*(\/[a-z0-9_-][a-z0-9_.-]*)*$/;
 
-/** Throws unless `key` is a well-formed backend key (see the contract above). */
+/** Throws invalid-request unless `key` is a well-formed backend key (see the contract above). */
 export function assertValidKey(key: string): void {
-  if (!keyPattern.test(key) || key.split('/').some((segment) => segment === '.' || segment === '..')) {
-    throw new Error(`invalid store key '${key}'`);
+  if (!keyPattern.test(key)) {
+    throw new FerryError('invalid-request', `invalid store key '${key}': segments of [a-z0-9_.-] joined by '/', none starting with '.'`);
   }
+}
+
+/** Throws invalid-request unless `prefix` is "" or a valid key optionally ending in "/". */
+export function assertValidPrefix(prefix: string): void {
+  if (prefix === '') return;
+  assertValidKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
 }

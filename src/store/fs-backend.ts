@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { ensureDirectory, writeFileDurable } from '../util/durable-fs.js';
-import { assertValidKey, type StoreBackend } from './backend.js';
+import { assertValidKey, assertValidPrefix, type StoreBackend } from './backend.js';
 
 /** A store backend keeping each object as a file under `root`. */
 export class FilesystemBackend implements StoreBackend {
@@ -15,7 +15,7 @@ export class FilesystemBackend implements StoreBackend {
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
-    const filePath = this.pathOf(key);
+    const filePath = this.pathOf(key); // validates the key before any I/O
     const directory = path.dirname(filePath);
     await this.io(`write ${key}`, async () => {
       if (!this.knownDirectories.has(directory)) {
@@ -27,10 +27,11 @@ export class FilesystemBackend implements StoreBackend {
   }
 
   async get(key: string): Promise<Buffer> {
+    const filePath = this.pathOf(key);
     try {
-      return await fs.readFile(this.pathOf(key));
+      return await fs.readFile(filePath);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (isAbsent(error)) {
         throw new FerryError('not-found', `object '${key}' not found in store ${this.location}`);
       }
       throw ioError(`read ${key}`, error);
@@ -38,20 +39,26 @@ export class FilesystemBackend implements StoreBackend {
   }
 
   async has(key: string): Promise<boolean> {
+    const filePath = this.pathOf(key);
     try {
-      await fs.access(this.pathOf(key));
-      return true;
+      return (await fs.stat(filePath)).isFile(); // a directory is a key prefix, not an object
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      if (isAbsent(error)) return false;
       throw ioError(`check ${key}`, error);
     }
   }
 
   async delete(key: string): Promise<void> {
-    await this.io(`delete ${key}`, () => fs.rm(this.pathOf(key), { force: true }));
+    const filePath = this.pathOf(key);
+    try {
+      await fs.unlink(filePath);
+    } catch (error) {
+      if (!isAbsent(error)) throw ioError(`delete ${key}`, error);
+    }
   }
 
   async *list(prefix: string): AsyncIterable<string> {
+    assertValidPrefix(prefix);
     // Walk only the directory the prefix points into, then filter by the rest of the prefix.
     const slash = prefix.lastIndexOf('/');
     const base = slash === -1 ? '' : prefix.slice(0, slash);
@@ -76,6 +83,12 @@ export class FilesystemBackend implements StoreBackend {
   }
 }
 
+/** Errors meaning "no object there": missing, a directory (a key prefix), or a file where a directory would be. */
+function isAbsent(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'EISDIR' || code === 'ENOTDIR';
+}
+
 function ioError(what: string, error: unknown): FerryError {
   return new FerryError('io-error', `store could not ${what}: ${(error as Error).message}`, { cause: error });
 }
@@ -85,7 +98,7 @@ async function* walk(directory: string, relative = ''): AsyncIterable<string> {
   try {
     entries = await fs.readdir(directory, { withFileTypes: true });
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if (isAbsent(error)) return;
     throw ioError(`list ${directory}`, error);
   }
   entries.sort((a, b) => a.name.localeCompare(b.name));

@@ -43,7 +43,7 @@ async function setUp(t: test.TestContext) {
     index.setHash(0, hashChunk(data));
     const indexHash = await core.context.store.putIndex(index);
     const disk = (await core.machines.disksOf((await core.machines.get('vm')).id))[0]!;
-    return core.points.commit(agentId, { jobId: job.id, takenAt: clock, consistency: 'app', note: null, disks: [{ diskId: disk.id, indexHash, changedBytes: 65536 }] });
+    return core.points.commit(agentId, { jobId: job.id, takenAt: clock, consistency: 'app', note: null, disks: [{ diskId: disk.id, indexHash, changedBytes: 65536, sentBytes: 65536 }] });
   };
   // Time passes as if the agent kept polling, so "agent not seen" does not colour these checks.
   const advance = async (ms: number) => {

@@ -1,0 +1,78 @@
+/** Shared fixtures for the unit suite: temporary directories and disks stored the way an agent stores them. */
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { FerryError, type ErrorCode } from '../../src/errors.js';
+import type { ChunkStore } from '../../src/store/chunk-store.js';
+import { hashChunk, isAllZero } from '../../src/store/chunking.js';
+import { DiskIndex } from '../../src/store/disk-index.js';
+
+/** Creates an empty directory under the OS temp dir; the caller must remove it (see `tempDirFor`). */
+export async function makeTempDir(prefix = 'ferry-unit-'): Promise<string> {
+  return fs.mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+/** A fresh temporary directory removed when test `t` ends, so a failing assertion leaks nothing. */
+export async function tempDirFor(t: TestContext, prefix?: string): Promise<string> {
+  const directory = await makeTempDir(prefix);
+  t.after(() => fs.rm(directory, { recursive: true, force: true }));
+  return directory;
+}
+
+/** Which bytes each chunk of a synthetic disk holds: random data or zeros. */
+export type ChunkFill = 'random' | 'zero';
+
+/**
+ * A disk image of `chunks.length` chunks of `chunkSize` bytes, the last one `lastChunkLength` long,
+ * filled as described; built in memory so a test knows every byte it should get back.
+ */
+export function buildDisk(chunkSize: number, chunks: readonly ChunkFill[], lastChunkLength = chunkSize): Buffer {
+  const size = (chunks.length - 1) * chunkSize + lastChunkLength;
+  const disk = Buffer.alloc(size);
+  chunks.forEach((fill, position) => {
+    if (fill === 'random') {
+      const start = position * chunkSize;
+      randomBytes(Math.min(chunkSize, size - start)).copy(disk, start);
+    }
+  });
+  return disk;
+}
+
+/**
+ * Cuts `disk` into chunks, stores every non-zero one and returns its index, mirroring what the agent
+ * does; the index is not published (call `store.putIndex` for that).
+ */
+export async function storeDisk(store: ChunkStore, disk: Buffer, chunkSize: number): Promise<DiskIndex> {
+  const index = DiskIndex.empty(disk.length, chunkSize);
+  for (let position = 0; position < index.chunkCount; position++) {
+    const data = disk.subarray(position * chunkSize, position * chunkSize + index.lengthAt(position));
+    if (isAllZero(data)) continue;
+    const hash = hashChunk(data);
+    await store.putChunk(hash.toString('hex'), data);
+    index.setHash(position, hash);
+  }
+  return index;
+}
+
+/**
+ * An `assert.rejects` validator for a FerryError of `code`, optionally checking its message, so a
+ * test fails on the wrong kind of error and not only on no error.
+ */
+export function ferryError(code: ErrorCode, messageIncludes: readonly string[] = []): (error: unknown) => true {
+  return (error: unknown) => {
+    assert.ok(error instanceof FerryError, `expected a FerryError, got ${String(error)}`);
+    assert.equal(error.code, code, `expected code '${code}', got '${error.code}': ${error.message}`);
+    for (const part of messageIncludes) assert.ok(error.message.includes(part), `message '${error.message}' should mention '${part}'`);
+    return true;
+  };
+}
+
+/** Collects an async iterable, for asserting on everything `StoreBackend.list` yields. */
+export async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
+  const items: T[] = [];
+  for await (const item of iterable) items.push(item);
+  return items;
+}
