@@ -21,6 +21,11 @@ export class AgentState {
     }
   }
 
+  /** Forgets a disk's index: the next cycle asks the server about every chunk. */
+  async forget(diskId: string): Promise<void> {
+    await fs.rm(this.indexPath(diskId), { force: true });
+  }
+
   /** Remembers a committed index. */
   async saveIndex(diskId: string, index: DiskIndex): Promise<void> {
     await ensureDirectory(path.dirname(this.indexPath(diskId)));

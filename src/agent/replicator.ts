@@ -8,6 +8,7 @@
  * something may have been writing them.
  */
 import { type ApiClient, withRetry } from '../client/api-client.js';
+import { FerryError } from '../errors.js';
 import { encodeChunkBatch, MAX_BATCH_BYTES } from '../protocol/chunk-batch.js';
 import type { AgentJob, PointView } from '../protocol/views.js';
 import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
@@ -86,7 +87,15 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     await progress.flush();
     const committedDisks: { diskId: string; indexHash: string; changedBytes: number; sentBytes: number }[] = [];
     for (const entry of indexes) {
-      const { indexHash } = await call(() => deps.client.postBinary<{ indexHash: string }>('/indexes', entry.index.encode()));
+      const { indexHash } = await call(() => deps.client.postBinary<{ indexHash: string }>('/indexes', entry.index.encode())).catch(async (error: unknown) => {
+        // The store lacks chunks this agent skipped as "unchanged since the last point" (a store that was
+        // restored or lost data): forget what it remembered, so the retry sends everything the store lacks.
+        if (error instanceof FerryError && error.code === 'chunk-missing') {
+          for (const disk of job.disks) await deps.state.forget(disk.id);
+          throw new FerryError('chunk-missing', `${error.message}; the next cycle sends them again`, { retryable: true });
+        }
+        throw error;
+      });
       committedDisks.push({ diskId: entry.diskId, indexHash, changedBytes: entry.changedBytes, sentBytes: entry.sentBytes });
     }
     const point = await call(() =>

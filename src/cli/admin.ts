@@ -44,7 +44,7 @@ export function registerAdminCommands(program: Command): void {
     .description('add a policy')
     .requiredOption('--interval <duration>', 'time between recovery points, e.g. 5m')
     .requiredOption('--retention <duration>', 'how long points are kept, e.g. 24h or 30d')
-    .option('--rpo-threshold <duration>', 'RPO above which the machine is unhealthy (default: twice the interval)')
+    .option('--rpo-threshold <duration>', 'RPO above which the machine is unhealthy (default: twice the interval, at least 1m)')
     .action(async (name: string, options: { interval: string; retention: string; rpoThreshold?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const created = await cli.client.post<PolicyView>('/policies', {

@@ -17,7 +17,6 @@ export interface GlobalOptions {
   server?: string;
   token?: string;
   json?: boolean;
-  dataDir?: string;
 }
 
 /** The default local data directory: FERRY_DATA_DIR, else ./ferry-data. */
@@ -39,7 +38,7 @@ export class CliContext {
   readonly client: ApiClient;
 
   constructor(options: GlobalOptions) {
-    const dataDir = options.dataDir ? path.resolve(options.dataDir) : defaultDataDir();
+    const dataDir = defaultDataDir();
     const localServer = readTrimmed(path.join(dataDir, 'server.json'));
     const serverUrl =
       options.server ?? process.env.FERRY_SERVER ?? (localServer ? (JSON.parse(localServer) as { url: string }).url : undefined) ?? 'http://127.0.0.1:7300';

@@ -84,18 +84,28 @@ export class ApiClient {
   }
 }
 
+/** How long `withRetry` keeps retrying an error the server itself sent (a transient fault it reported). */
+export const SERVER_ERROR_RETRY_MS = 15_000;
+
 /**
- * Runs `operation` until it succeeds, a non-retryable error occurs, `deadlineMs` passes or `signal`
- * aborts, backing off from 200 ms to 5 s between tries. The last error is rethrown.
+ * Runs `operation` until it succeeds, a non-retryable error occurs, the time allowed passes or `signal`
+ * aborts, backing off from 200 ms to 5 s between tries; the last error is rethrown. While the server
+ * cannot be reached, it retries for `deadlineMs` (a server restart); a retryable error the server
+ * answered with is retried for at most `serverErrorMs`, so a persistent fault surfaces quickly.
  */
-export async function withRetry<T>(operation: () => Promise<T>, options: { deadlineMs: number; signal?: AbortSignal; onRetry?: (error: FerryError) => void }): Promise<T> {
-  const deadline = Date.now() + options.deadlineMs;
+export async function withRetry<T>(
+  operation: () => Promise<T>,
+  options: { deadlineMs: number; serverErrorMs?: number; signal?: AbortSignal; onRetry?: (error: FerryError) => void },
+): Promise<T> {
+  const started = Date.now();
   let delay = 200;
   for (;;) {
     try {
       return await operation();
     } catch (error) {
-      if (!(error instanceof FerryError) || !error.retryable || Date.now() + delay > deadline || options.signal?.aborted) throw error;
+      if (!(error instanceof FerryError) || !error.retryable || options.signal?.aborted) throw error;
+      const allowed = error.code === 'server-unreachable' ? options.deadlineMs : Math.min(options.deadlineMs, options.serverErrorMs ?? SERVER_ERROR_RETRY_MS);
+      if (Date.now() + delay > started + allowed) throw error;
       options.onRetry?.(error);
       await sleep(delay, options.signal);
       delay = Math.min(delay * 2, 5000);

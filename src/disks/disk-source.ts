@@ -1,7 +1,7 @@
 /**
  * Reading source disks. A `DiskSource` is one disk opened for reading: its size and positional reads.
- * Raw image files and block devices are read directly; VM image formats add implementations later,
- * each passing the shared reader conformance suite.
+ * Raw image files and block devices are read directly. VM image formats (VMDK, VHD/VHDX, qcow2) will
+ * add implementations, and with them a shared reader conformance suite.
  *
  * Contract: `size` is fixed while open; `read` fills `length` bytes at `offset` (zeros past the end of
  * a file shorter than `size`); failures are FerryError 'disk-unreadable' naming the path.

@@ -38,6 +38,8 @@ export interface CoreContext {
   now(): number;
   /** Emits 'work' whenever a job is queued or changes, so waiters re-check at once. */
   signals: EventEmitter;
+  /** Aborted when the server begins to stop: long polls and waits return at once. */
+  shutdown: AbortSignal;
 }
 
 /** Tells waiters that jobs changed. */

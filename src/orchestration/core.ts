@@ -49,11 +49,14 @@ export class FerryCore {
   readonly events: Events;
   private readonly scheduler: Scheduler;
   private readonly runner: JobRunner;
+  private readonly shutdownController: AbortController;
 
   private constructor(
     readonly context: CoreContext,
     readonly dataDir: string,
+    shutdownController: AbortController,
   ) {
+    this.shutdownController = shutdownController;
     this.tokens = new Tokens(context);
     this.sites = new Sites(context);
     this.policies = new Policies(context);
@@ -77,6 +80,7 @@ export class FerryCore {
     const db: Db = await openSqlite(path.join(dataDir, 'ferry.db'));
     const signals = new EventEmitter();
     signals.setMaxListeners(0);
+    const shutdownController = new AbortController();
     const context: CoreContext = {
       db,
       store: new ChunkStore(new FilesystemBackend(path.join(dataDir, 'store'))),
@@ -84,8 +88,9 @@ export class FerryCore {
       options: compileCoreOptions(setup.options),
       now: () => Date.now(),
       signals,
+      shutdown: shutdownController.signal,
     };
-    const core = new FerryCore(context, dataDir);
+    const core = new FerryCore(context, dataDir, shutdownController);
     await core.tokens.ensureAdminTokenFile(core.adminTokenFile);
     await core.policies.ensureDefault();
     return core;
@@ -102,8 +107,14 @@ export class FerryCore {
     this.runner.start();
   }
 
+  /** Tells long-running requests (agent long polls) to return now; call before closing the HTTP server. */
+  beginShutdown(): void {
+    this.shutdownController.abort();
+  }
+
   /** Stops background work and closes the database. */
   async stop(): Promise<void> {
+    this.beginShutdown();
     await this.scheduler.stop();
     await this.runner.stop();
     await this.context.db.destroy();

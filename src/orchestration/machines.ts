@@ -20,8 +20,10 @@ export class Machines {
   /**
    * Records an agent and the machines it serves, with their disks (added, re-pathed or resized).
    * Refused with conflict: an agent name registered with another token, a token that already belongs
-   * to another agent, a machine served by another agent, and a changed number of disks on a machine
-   * that is not unprotected (its points name every disk). Re-registering is idempotent.
+   * to another agent, a machine served by another agent. A changed number of disks on a machine that
+   * is being protected (its points name every disk) is not applied: that machine shows the error and
+   * keeps replicating the disks it was protected with, and the agent's other machines go on.
+   * Re-registering is idempotent.
    */
   async registerAgent(principal: Principal, request: RegisterAgentRequest): Promise<RegisterAgentResponse> {
     const now = this.context.now();
@@ -68,7 +70,11 @@ export class Machines {
         const knownDisks = await db.selectFrom('disks').select('id').where('machine_id', '=', row.id).execute();
         if (knownDisks.length > 0 && knownDisks.length !== machine.disks.length) {
           if (row.state !== 'unprotected') {
-            throw new FerryError('conflict', `machine '${machine.name}' has ${knownDisks.length} disk(s) and is ${row.state}; changing its number of disks is not supported while it is protected`);
+            const message = `the agent reports ${machine.disks.length} disk(s) but '${machine.name}' is ${row.state} with ${knownDisks.length}; changing the number of disks of a protected machine is not supported yet, so the disks it was protected with are kept`;
+            await db.updateTable('machines').set({ replication_error_code: 'disks-changed', replication_error: message, updated_at: now }).where('id', '=', row.id).execute();
+            const kept = await db.selectFrom('disks').select(['id', 'position', 'path']).where('machine_id', '=', row.id).orderBy('position').execute();
+            registered.push({ id: row.id, name: row.name, disks: kept });
+            continue;
           }
           await db.deleteFrom('disks').where('machine_id', '=', row.id).where('position', '>=', machine.disks.length).execute();
         }
@@ -175,10 +181,10 @@ export class Machines {
 
     const critical: string[] = [];
     const warning: string[] = [];
+    for (const disk of disks) if (disk.error) critical.push(`disk ${disk.position} (${disk.path}): ${disk.error}`);
     if (machine.state !== 'unprotected') {
       if (!online) critical.push(`agent '${agent.name}' not seen for ${Math.round((currentTime - agent.last_seen_at) / 1000)}s`);
       if (machine.replication_error) critical.push(`replication failing: ${machine.replication_error}`);
-      for (const disk of disks) if (disk.error) critical.push(`disk ${disk.position} (${disk.path}): ${disk.error}`);
       if (rpoSeconds !== null && rpoThresholdSeconds !== null && rpoSeconds > rpoThresholdSeconds) {
         warning.push(`RPO ${rpoSeconds}s is over the policy's threshold of ${rpoThresholdSeconds}s`);
       }

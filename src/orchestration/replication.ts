@@ -53,6 +53,7 @@ export class Replication {
    */
   async work(agentId: string, waitSeconds: number, signal: AbortSignal): Promise<AgentJob[]> {
     const deadline = Date.now() + waitSeconds * 1000;
+    signal = AbortSignal.any([signal, this.context.shutdown]);
     for (;;) {
       await this.machines.touchAgent(agentId);
       const pending = await this.jobs.pendingForAgent(agentId);

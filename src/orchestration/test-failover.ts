@@ -99,7 +99,7 @@ export class TestFailovers {
           void this.jobs.progress(job.id, { doneBytes, totalBytes, step: 'writing disks' });
         }
       });
-      await this.setState(machine.id, 'written');
+      await this.setState(machine.id, 'written');  // a re-run after a crash finds it already ready
       await this.events.record({ machineId: machine.id, severity: 'info', code: 'test-failover-ready', message: `${machine.name}: test failover to ${testFailover.point_id} ready at ${instance.sitePath}` });
       return { machine: machine.name, pointId: testFailover.point_id, disks: planned };
     } catch (error) {
@@ -118,8 +118,10 @@ export class TestFailovers {
     return { machine: machine.name, removed: true };
   }
 
+  /** Moves a test failover out of 'creating'; a no-op when a previous run of the same job already did. */
   private async setState(machineId: string, event: 'written' | 'fail'): Promise<void> {
     const row = await this.context.db.selectFrom('test_failovers').select('state').where('machine_id', '=', machineId).executeTakeFirstOrThrow();
+    if (row.state !== 'creating') return;
     const state = nextState(testFailoverTransitions, 'test failover', row.state as TestFailoverState, event);
     await this.context.db.updateTable('test_failovers').set({ state }).where('machine_id', '=', machineId).execute();
   }

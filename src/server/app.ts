@@ -2,7 +2,7 @@
  * Builds the HTTP server: Fastify with the auth hook, the one error handler, JSON and binary body
  * parsers, and every route group under /api/v1.
  */
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { FerryCore } from '../orchestration/core.js';
 import { MAX_BATCH_BYTES } from '../protocol/chunk-batch.js';
 import { installAuth } from './auth.js';
@@ -14,7 +14,11 @@ import { machineRoutes } from './routes/machines.js';
 
 /** The Fastify app serving `core`. Not yet listening. */
 export function buildApp(core: FerryCore): FastifyInstance {
-  const app = Fastify({ loggerInstance: core.context.log as FastifyBaseLogger, bodyLimit: MAX_BATCH_BYTES + 1024 * 1024, disableRequestLogging: true });
+  const app = Fastify({
+    loggerInstance: core.context.log as FastifyBaseLogger, bodyLimit: MAX_BATCH_BYTES + 1024 * 1024,
+    // Per-request log lines would drown the log: agents make many small requests. Errors are still logged.
+    logController: new LogController({ disableRequestLogging: true }),
+  });
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
   app.setErrorHandler(handleError);
   app.setNotFoundHandler((request, reply) => {

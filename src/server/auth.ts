@@ -23,12 +23,12 @@ declare module 'fastify' {
 export function installAuth(app: FastifyInstance, core: FerryCore): void {
   app.decorateRequest('principal', null);
   app.addHook('onRequest', async (request) => {
-    if (!request.url.startsWith('/api/')) return;
+    if (!request.url.startsWith('/api/') || request.routeOptions.url === undefined) return; // unknown routes get a 404
     const role: RouteRole = request.routeOptions.config?.role ?? 'admin';
     if (role === 'public') return;
     const principal = await core.tokens.authenticate(bearerOf(request));
     if (principal.role !== 'admin' && principal.role !== role) {
-      throw new FerryError('forbidden', `a ${principal.role} token may not call ${request.method} ${request.routeOptions.url ?? request.url}`);
+      throw new FerryError('forbidden', `${principal.role === 'agent' ? 'an agent' : 'an admin'} token may not call ${request.method} ${request.routeOptions.url ?? request.url}`);
     }
     request.principal = principal;
   });

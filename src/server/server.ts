@@ -42,6 +42,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     url,
     core,
     async close() {
+      core.beginShutdown();
       await app.close();
       await core.stop();
       await fs.rm(serverFile, { force: true });

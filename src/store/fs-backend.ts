@@ -22,7 +22,14 @@ export class FilesystemBackend implements StoreBackend {
         await ensureDirectory(directory);
         this.knownDirectories.add(directory);
       }
-      await writeFileDurable(filePath, data);
+      try {
+        await writeFileDurable(filePath, data);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+        // The directory went away behind our back (removed by hand, store restored): make it again.
+        await ensureDirectory(directory);
+        await writeFileDurable(filePath, data);
+      }
     });
   }
 

@@ -4,6 +4,7 @@
  * exist or vanish. After each, the server is up and every stored point still restores byte-identical.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -56,6 +57,9 @@ test('bad requests are refused with clear errors, and stored points stay intact'
     assert.equal(forbidden.body?.error?.code, 'forbidden');
     const health = await raw(server, 'GET', '/health', { token: null });
     assert.equal(health.status, 200, 'health needs no token');
+    const unknownRoute = await raw(server, 'GET', '/no-such-route', { token: agentToken });
+    assert.equal(unknownRoute.status, 404, 'an unknown route is a 404 whoever asks');
+    assert.equal((await raw(server, 'GET', '/no-such-route', { token: null })).status, 404);
 
     const cli = await ferry(server, ['status'], { FERRY_TOKEN: 'ferry_admin_wrong' });
     assert.equal(cli.code, 4);
@@ -177,4 +181,27 @@ test('a disk that does not exist or vanishes: the machine shows the error, the s
   await assertRestores(server, 'app', recovered.point.id, disk);
   await assertRestores(server, 'app', point1.id, snapshot);
   await waitFor(async () => (await server.admin.get<{ jobs: unknown[] }>('/jobs', { active: 'true' })).jobs.length === 0, 'no jobs left running');
+});
+
+test('a store that lost chunks is healed by the next cycle; the agent does not trust its memory blindly', async (t) => {
+  const root = await tempDir(t);
+  const server = await startServer(t, path.join(root, 'server'));
+  const disk = await ext4Disk(root, 'vm', 16, { 'a.bin': randomBytes(1024 * 1024), 'b.txt': 'b\n' });
+  await connectAgent(t, server, root, { vm: [disk] });
+  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
+  await ferryJson(server, ['protect', 'vm', '--site', 'dr', '--wait']);
+
+  // Lose every stored chunk, as a store restored from an old backup would.
+  const chunks = path.join(server.dataDir, 'store', 'chunks');
+  await fs.rm(chunks, { recursive: true });
+  await fs.mkdir(chunks);
+  const failed = await ferry(server, ['points', 'create', 'vm', '--wait', '--json']);
+  assert.notEqual(failed.code, 0, 'the agent skipped unchanged chunks the store no longer has, and the index is refused');
+  assert.equal(failed.json().error.code, 'chunk-missing');
+  assert.match(failed.stderr, /the next cycle sends them again/);
+
+  const healed = await ferryJson(server, ['points', 'create', 'vm', '--wait']);
+  assert.ok(healed.point.disks[0].sentBytes > 1024 * 1024, 'the missing data was sent again');
+  const restored = await ferryJson(server, ['failover', 'vm', '--test', '--point', healed.point.id, '--wait']);
+  assert.ok(await sameBytes(restored.disks[0].path, disk));
 });

@@ -216,7 +216,7 @@ describe('FerryCore machines', () => {
     );
   });
 
-  test('the number of disks may change while unprotected, not while protected', async (t) => {
+  test('the number of disks may change while unprotected; while protected the change is refused on that machine only', async (t) => {
     const { core, dataDir } = await coreFor(t);
     const principal = await agentPrincipal(core);
     await core.machines.registerAgent(principal, webRegistration);
@@ -225,8 +225,13 @@ describe('FerryCore machines', () => {
     assert.equal((await core.machines.view('web-01')).disks.length, 1, 'the extra disk is gone');
     await core.sites.create({ name: 'dr', driver: 'files', path: path.join(dataDir, 'site') });
     await core.replication.protect('web-01', { site: 'dr', policy: 'default' });
-    await assert.rejects(core.machines.registerAgent(principal, webRegistration), ferryError('conflict', ["machine 'web-01' has 1 disk(s) and is protecting"]));
-    assert.equal((await core.machines.view('web-01')).disks.length, 1);
+    const response = await core.machines.registerAgent(principal, webRegistration);
+    assert.equal(response.machines.find((machine) => machine.name === 'web-01')!.disks.length, 1, 'the protected disk set is kept');
+    assert.equal(response.machines.find((machine) => machine.name === 'db-01')!.disks.length, 1, 'the agent\'s other machines are registered');
+    const web = await core.machines.view('web-01');
+    assert.equal(web.disks.length, 1);
+    assert.equal(web.health.level, 'critical');
+    assert.match(web.replication.error!.message, /reports 2 disk\(s\) but 'web-01' is protecting with 1/);
   });
 
   test('machines.get of an unknown machine is not-found naming it', async (t) => {

@@ -58,3 +58,14 @@ describe('FilesystemBackend on disk', () => {
     assert.equal(new FilesystemBackend(relative).location, path.join(directory, 'store'));
   });
 });
+
+describe('FilesystemBackend when its directories change underneath', () => {
+  test('a put after its directory was removed by hand recreates it', async (t) => {
+    const root = path.join(await tempDirFor(t), 'store');
+    const backend = new FilesystemBackend(root);
+    await backend.put('chunks/ab/ab01', Buffer.from('one'));
+    await fs.rm(path.join(root, 'chunks'), { recursive: true });
+    await backend.put('chunks/ab/ab02', Buffer.from('two'));
+    assert.deepEqual(await backend.get('chunks/ab/ab02'), Buffer.from('two'));
+  });
+});

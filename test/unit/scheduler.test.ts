@@ -115,3 +115,26 @@ test('retention removes points past it, but keeps the newest and any point a tes
   assert.ok((await core.events.list({ limit: 20 })).some((event) => event.code === 'points-expired'));
   assert.equal((await activeJobs()).length, 1, 'and a point was due');
 });
+
+test('a test failover job run again after a crash finds its work done and succeeds', async (t) => {
+  const { core, commitActiveJob } = await setUp(t);
+  await core.replication.protect('vm', { site: 'dr', policy: 'hourly' });
+  const point = await commitActiveJob(3);
+  const started = await core.testFailovers.start('vm', 'latest');
+  const job = await core.jobs.get(started.job.id);
+  const first = await core.testFailovers.runCreate(job);
+  const again = await core.testFailovers.runCreate(job); // as the job runner does after a restart
+  assert.deepEqual(again, first);
+  assert.equal((await core.machines.view('vm')).testFailover?.state, 'ready');
+  const written = await fs.readFile(started.disks[0]!.path);
+  assert.ok(written.equals(Buffer.alloc(65536, 3)), `restored ${point.id} as it was`);
+});
+
+test('stopping the core ends agent long polls at once', async (t) => {
+  const { core, agentId } = await setUp(t);
+  const started = Date.now();
+  const poll = core.replication.work(agentId, 30, new AbortController().signal);
+  setTimeout(() => core.beginShutdown(), 100);
+  assert.deepEqual(await poll, []);
+  assert.ok(Date.now() - started < 2000, `long poll ended after ${Date.now() - started} ms`);
+});

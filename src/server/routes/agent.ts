@@ -21,6 +21,9 @@ import { parse } from '../http-errors.js';
 
 const agentOnly = { config: { role: 'agent' as const } };
 
+/** Largest disk index upload accepted. */
+export const MAX_INDEX_BYTES = 256 * 1024 * 1024;
+
 export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
   const agentOf = async (request: FastifyRequest) => {
     const agent = await core.machines.agentOf(request.principal!);
@@ -74,7 +77,8 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
     return { received: frames.length, stored };
   });
 
-  app.post('/api/v1/indexes', agentOnly, async (request) => {
+  // An index is 32 bytes per chunk: 256 MiB covers a 512 GiB disk at 64 KiB chunks.
+  app.post('/api/v1/indexes', { ...agentOnly, bodyLimit: MAX_INDEX_BYTES }, async (request) => {
     await agentOf(request);
     const index = DiskIndex.decode(bodyBuffer(request), 'upload');
     return { indexHash: await core.context.store.putIndex(index) };
