@@ -97,6 +97,35 @@ export class ChunkStore {
   async hasIndex(indexHashHex: string): Promise<boolean> {
     return isHashHex(indexHashHex) && this.backend.has(indexKey(indexHashHex));
   }
+
+  // --- for maintenance (garbage collection, verify, stats) ---------------------------------------
+  // These speak in backend object keys, so that how a chunk's name maps to its object key (plain or
+  // keyed with a secret) stays inside this class.
+
+  /** The backend object key that holds the chunk named `hashHex`. */
+  chunkObjectKey(hashHex: string): string {
+    return chunkKey(hashHex);
+  }
+
+  /** The backend object key that holds the index named `indexHashHex`. */
+  indexObjectKey(indexHashHex: string): string {
+    return indexKey(indexHashHex);
+  }
+
+  /** Every chunk object key in the store. */
+  listChunkObjectKeys(): AsyncIterable<string> {
+    return this.backend.list('chunks/');
+  }
+
+  /** Every index name (hash) in the store. */
+  async *listIndexHashes(): AsyncIterable<string> {
+    for await (const key of this.backend.list('indexes/')) yield key.slice('indexes/'.length);
+  }
+
+  /** Deletes one object by key (garbage collection only: callers must have proved nothing references it). */
+  async deleteObject(key: string): Promise<void> {
+    await this.backend.delete(key);
+  }
 }
 
 /** Maps with at most `limit` calls in flight; results keep input order. */
