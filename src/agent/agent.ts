@@ -15,6 +15,7 @@ import { createLogger, type Logger } from '../util/logger.js';
 import { sleep } from '../util/time.js';
 import { AgentState } from './agent-state.js';
 import { replicateMachine } from './replicator.js';
+import { removeStaleClones } from './snapshots.js';
 
 /** A machine this agent serves, with its disks in order. */
 export interface AgentMachine {
@@ -32,6 +33,8 @@ export interface AgentOptions {
   name?: string;
   /** Replication jobs run at once (different machines). */
   concurrency?: number;
+  /** Longest a file system may stay frozen for a snapshot (default 60 s). */
+  maxFreezeSeconds?: number;
 }
 
 export type AgentLifecycle = 'starting' | 'running' | 'stopping' | 'stopped';
@@ -89,6 +92,8 @@ export class Agent {
   }
 
   private async register(): Promise<RegisterAgentResponse> {
+    // Clones left by a job that died mid-snapshot (the file systems it froze were thawed by their watchdog).
+    for (const machine of this.options.machines) for (const diskPath of machine.disks) await removeStaleClones(diskPath);
     const machines = await Promise.all(
       this.options.machines.map(async (machine) => ({
         name: machine.name,
@@ -138,7 +143,14 @@ export class Agent {
   private async runJob(job: AgentJob): Promise<void> {
     const started = Date.now();
     try {
-      const point = await replicateMachine(job, { client: this.client, state: this.store, log: this.log, signal: this.abort.signal });
+      const point = await replicateMachine(job, {
+        client: this.client,
+        state: this.store,
+        log: this.log,
+        signal: this.abort.signal,
+        dataDir: this.options.dataDir,
+        maxFreezeSeconds: this.options.maxFreezeSeconds ?? 60,
+      });
       this.log.info({ jobId: job.id, pointId: point.id, machine: job.machine.name, ms: Date.now() - started }, `point ${point.id} committed`);
     } catch (error) {
       if (this.abort.signal.aborted) return;

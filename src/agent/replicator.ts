@@ -3,20 +3,21 @@
  * send only chunks the server lacks, publish each disk's index, run the post-point hook, commit the
  * point. Reading the next window of a disk overlaps with uploading the previous one.
  *
- * The consistency label is honest: `app` only when the pre-point hook succeeded (the machine declared
- * itself quiesced until the post-point hook), `inconsistent` otherwise: the disks were read while
- * something may have been writing them.
+ * The consistency label is honest (see `labelConsistency`): `app` when the pre-point hook held the
+ * machine quiet while its disks were captured, `crash` when a snapshot (snapshots.ts) captured every
+ * disk at one instant, `inconsistent` when the disks were read while something may have been writing.
  */
 import { type ApiClient, withRetry } from '../client/api-client.js';
 import { FerryError } from '../errors.js';
 import { encodeChunkBatch, MAX_BATCH_BYTES } from '../protocol/chunk-batch.js';
-import type { AgentJob, PointView } from '../protocol/views.js';
+import type { AgentJob, Consistency, PointView } from '../protocol/views.js';
 import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
 import { type DiskSource, openRawDisk } from '../disks/disk-source.js';
 import type { Logger } from '../util/logger.js';
 import type { AgentState } from './agent-state.js';
 import { runHook } from './hooks.js';
+import { type DiskSnapshot, snapshotDisks } from './snapshots.js';
 
 /** Chunks read, hashed and sent together. */
 const WINDOW_CHUNKS = 64;
@@ -29,6 +30,10 @@ export interface ReplicationDeps {
   state: AgentState;
   log: Logger;
   signal: AbortSignal;
+  /** The agent's data directory (never frozen). */
+  dataDir: string;
+  /** Longest a file system may stay frozen for a snapshot. */
+  maxFreezeSeconds: number;
 }
 
 /** Runs one replication job to a committed point. Throws FerryError on failure. */
@@ -37,29 +42,50 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     withRetry(operation, { deadlineMs: REQUEST_DEADLINE_MS, signal: deps.signal, onRetry: (error) => deps.log.warn({ jobId: job.id }, `retrying: ${error.message}`) });
   await call(() => deps.client.post(`/agent/jobs/${job.id}/start`));
 
+  // Fail fast, before any hook runs, if a disk cannot be read.
+  for (const disk of job.disks) await (await openRawDisk(disk.path)).close();
+
+  const hookEnv = { FERRY_MACHINE: job.machine.name, FERRY_JOB: job.id };
+  const notes: string[] = [];
+  const wantsHooks = job.consistency === 'app' && Boolean(job.hooks.prePoint);
+  let hookHeld = false; // the pre-point hook succeeded and the post-point hook has not run yet
+  const runPostHook = async () => {
+    if (!hookHeld) return;
+    hookHeld = false;
+    if (!job.hooks.postPoint) return;
+    await runHook(job.hooks.postPoint, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'post-point' }).catch((error: Error) => {
+      notes.push(error.message);
+      deps.log.warn({ jobId: job.id }, error.message);
+    });
+  };
+  let hookSucceeded = false;
+  if (wantsHooks) {
+    try {
+      await runHook(job.hooks.prePoint!, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'pre-point' });
+      hookHeld = hookSucceeded = true;
+    } catch (error) {
+      notes.push((error as Error).message);
+      deps.log.warn({ jobId: job.id }, (error as Error).message);
+    }
+  }
+
   const sources: DiskSource[] = [];
+  let snapshot: DiskSnapshot | null = null;
   try {
-    for (const disk of job.disks) sources.push(await openRawDisk(disk.path));
+    snapshot = await snapshotDisks(
+      job.disks.map((disk) => disk.path),
+      { jobId: job.id, maxFreezeSeconds: deps.maxFreezeSeconds, agentDataDir: deps.dataDir, log: deps.log },
+    );
+    // With a snapshot taken, the machine need not stay quiet while it is read.
+    if (snapshot.method !== 'none') await runPostHook();
+    if (snapshot.note) notes.push(snapshot.note);
+    for (const readPath of snapshot.readPaths) sources.push(await openRawDisk(readPath));
     const totalBytes = sources.reduce((total, source) => total + source.size, 0);
     const progress = new ProgressReporter((doneBytes, step) =>
       call(() => deps.client.post(`/agent/jobs/${job.id}/progress`, { doneBytes, totalBytes, step })),
     );
 
-    const hookEnv = { FERRY_MACHINE: job.machine.name, FERRY_JOB: job.id };
-    const notes: string[] = [];
-    let consistency: 'app' | 'inconsistent' = 'inconsistent';
-    let preHookRan = false;
-    if (job.hooks.prePoint) {
-      try {
-        await runHook(job.hooks.prePoint, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'pre-point' });
-        preHookRan = true;
-        consistency = 'app';
-      } catch (error) {
-        notes.push((error as Error).message);
-        deps.log.warn({ jobId: job.id }, (error as Error).message);
-      }
-    }
-    const takenAt = Date.now();
+    const takenAt = snapshot.takenAt;
     const indexes: { diskId: string; index: DiskIndex; changedBytes: number; sentBytes: number }[] = [];
     let doneBefore = 0;
     try {
@@ -75,14 +101,12 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
         doneBefore += source.size;
       }
     } finally {
-      if (preHookRan && job.hooks.postPoint) {
-        await runHook(job.hooks.postPoint, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'post-point' }).catch((error: Error) => {
-          notes.push(error.message);
-          deps.log.warn({ jobId: job.id }, error.message);
-        });
-      }
+      await runPostHook();
     }
-    if (!job.hooks.prePoint) notes.push('no pre-point hook and no snapshot: disks were read while they may have been changing');
+    const consistency = labelConsistency(snapshot, hookSucceeded, notes);
+    if (consistency === 'inconsistent' && !wantsHooks && snapshot.method === 'none') {
+      notes.push('no pre-point hook and no snapshot: disks were read while they may have been changing');
+    }
 
     await progress.flush();
     const committedDisks: { diskId: string; indexHash: string; changedBytes: number; sentBytes: number }[] = [];
@@ -105,7 +129,24 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     return point;
   } finally {
     for (const source of sources) await source.close();
+    await snapshot?.release();
+    await runPostHook();
   }
+}
+
+/**
+ * The honest label of a point: `app` when the pre-point hook held the machine quiet over the instant
+ * the disks were captured (the whole read, without a snapshot); `crash` when a snapshot captured every
+ * disk at one instant and held to the end of the read; `inconsistent` otherwise.
+ */
+export function labelConsistency(snapshot: Pick<DiskSnapshot, 'method' | 'atOneInstant' | 'stillValid'>, hookSucceeded: boolean, notes: string[]): Consistency {
+  if (snapshot.method === 'none') return hookSucceeded ? 'app' : 'inconsistent';
+  if (snapshot.method === 'fsfreeze' && !snapshot.stillValid()) {
+    notes.push('the file systems were thawed before the read ended (freeze bound reached): read partly live');
+    return 'inconsistent';
+  }
+  if (hookSucceeded) return 'app'; // the hook held the machine quiet while every disk was captured
+  return snapshot.atOneInstant && snapshot.stillValid() ? 'crash' : 'inconsistent';
 }
 
 interface ReadDeps {

@@ -42,14 +42,16 @@ export function registerAdminCommands(program: Command): void {
   policy
     .command('add <name>')
     .description('add a policy')
-    .requiredOption('--interval <duration>', 'time between recovery points, e.g. 5m')
+    .requiredOption('--interval <duration>', 'time between recovery points (at least 30s), e.g. 5m')
+    .option('--app-interval <duration>', 'time between application-consistent points, whose hooks run (default: every point)')
     .requiredOption('--retention <duration>', 'how long points are kept, e.g. 24h or 30d')
     .option('--rpo-threshold <duration>', 'RPO above which the machine is unhealthy (default: twice the interval, at least 1m)')
-    .action(async (name: string, options: { interval: string; retention: string; rpoThreshold?: string }, command: Command) => {
+    .action(async (name: string, options: { interval: string; appInterval?: string; retention: string; rpoThreshold?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const created = await cli.client.post<PolicyView>('/policies', {
         name,
         intervalSeconds: parseDuration(options.interval, '--interval'),
+        ...(options.appInterval ? { appIntervalSeconds: parseDuration(options.appInterval, '--app-interval') } : {}),
         retentionSeconds: parseDuration(options.retention, '--retention'),
         ...(options.rpoThreshold ? { rpoThresholdSeconds: parseDuration(options.rpoThreshold, '--rpo-threshold') } : {}),
       });
@@ -63,8 +65,14 @@ export function registerAdminCommands(program: Command): void {
       const { policies } = await cli.client.get<{ policies: PolicyView[] }>('/policies');
       cli.print({ policies }, () =>
         printTable(
-          ['NAME', 'INTERVAL', 'RETENTION', 'RPO THRESHOLD'],
-          policies.map((p) => [p.name, formatDuration(p.intervalSeconds), formatDuration(p.retentionSeconds), formatDuration(p.rpoThresholdSeconds)]),
+          ['NAME', 'INTERVAL', 'APP INTERVAL', 'RETENTION', 'RPO THRESHOLD'],
+          policies.map((p) => [
+            p.name,
+            formatDuration(p.intervalSeconds),
+            formatDuration(p.appIntervalSeconds),
+            formatDuration(p.retentionSeconds),
+            formatDuration(p.rpoThresholdSeconds),
+          ]),
         ),
       );
     });

@@ -25,9 +25,10 @@ export function registerPointCommands(program: Command): void {
     .command('create <machine>')
     .description('take a recovery point now')
     .option('--wait', 'wait until the point is committed')
-    .action(async (name: string, options: { wait?: boolean }, command: Command) => {
+    .option('--consistency <level>', 'app: run the machine\'s hooks; crash: capture without them (default: as the policy says)')
+    .action(async (name: string, options: { wait?: boolean; consistency?: string }, command: Command) => {
       const cli = CliContext.of(command);
-      const { job } = await cli.client.post<{ job: JobView }>(`/machines/${encodeURIComponent(name)}/points`);
+      const { job } = await cli.client.post<{ job: JobView }>(`/machines/${encodeURIComponent(name)}/points`, options.consistency ? { consistency: options.consistency } : {});
       if (!options.wait) {
         cli.print({ job }, () => console.log(`point requested: job ${job.id} (${job.state}); follow it with \`ferry jobs\``));
         return;

@@ -28,6 +28,7 @@ const migrations: Record<string, Migration> = {
         .addColumn('id', 'text', (c) => c.primaryKey())
         .addColumn('name', 'text', (c) => c.notNull().unique())
         .addColumn('interval_seconds', 'integer', (c) => c.notNull())
+        .addColumn('app_interval_seconds', 'integer', (c) => c.notNull())
         .addColumn('retention_seconds', 'integer', (c) => c.notNull())
         .addColumn('rpo_threshold_seconds', 'integer', (c) => c.notNull())
         .addColumn('created_at', 'integer', (c) => c.notNull())
@@ -54,6 +55,7 @@ const migrations: Record<string, Migration> = {
         .addColumn('replication_error_code', 'text')
         .addColumn('replication_error', 'text')
         .addColumn('last_point_at', 'integer')
+        .addColumn('last_app_point_at', 'integer')
         .addColumn('created_at', 'integer', (c) => c.notNull())
         .addColumn('updated_at', 'integer', (c) => c.notNull())
         .execute();

@@ -25,6 +25,7 @@ export interface PolicyTable {
   id: string;
   name: string;
   interval_seconds: number;
+  app_interval_seconds: number;
   retention_seconds: number;
   rpo_threshold_seconds: number;
   created_at: number;
@@ -51,6 +52,7 @@ export interface MachineTable {
   replication_error_code: string | null;
   replication_error: string | null;
   last_point_at: number | null;
+  last_app_point_at: number | null;
   created_at: number;
   updated_at: number;
 }

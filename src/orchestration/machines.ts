@@ -62,6 +62,7 @@ export class Machines {
             replication_error_code: null,
             replication_error: null,
             last_point_at: null,
+            last_app_point_at: null,
             created_at: now,
             updated_at: now,
           };

@@ -30,24 +30,29 @@ export class Points {
    * Makes sure a replication job is queued or running for the machine and returns it: the existing one
    * if there is one (two requests never read the disks twice at once), else a new one. Check and
    * create happen in one transaction (`db`, or a new one), and a unique index backs it up.
+   * `consistency` forces or skips the hooks; by default they run when the policy's app-consistent
+   * interval has passed since the last app-consistent point.
    */
-  async ensureReplicationJob(machineId: string, db: Db = this.context.db): Promise<JobView> {
-    if (!db.isTransaction) return db.transaction().execute((transaction) => this.ensureReplicationJob(machineId, transaction));
+  async ensureReplicationJob(machineId: string, db: Db = this.context.db, consistency?: 'app' | 'crash'): Promise<JobView> {
+    if (!db.isTransaction) return db.transaction().execute((transaction) => this.ensureReplicationJob(machineId, transaction, consistency));
     const machine = await db.selectFrom('machines').selectAll().where('id', '=', machineId).executeTakeFirstOrThrow();
     const existing = await this.jobs.activeFor(machine.id, replicationKinds, db);
     if (existing) return jobView(existing, machine.name);
     const kind: JobKind = machine.state === 'protecting' ? 'initial-replication' : 'point';
-    const created = await this.jobs.create({ kind, machineId: machine.id, agentId: machine.agent_id, params: { chunkSize: this.context.options.chunkSize } }, db);
+    const policy = machine.policy_id ? await db.selectFrom('policies').select('app_interval_seconds').where('id', '=', machine.policy_id).executeTakeFirst() : undefined;
+    const appDue = machine.last_app_point_at === null || !policy || this.context.now() - machine.last_app_point_at >= policy.app_interval_seconds * 1000;
+    const params = { chunkSize: this.context.options.chunkSize, consistency: consistency ?? (appDue ? 'app' : 'crash') };
+    const created = await this.jobs.create({ kind, machineId: machine.id, agentId: machine.agent_id, params }, db);
     return jobView(created, machine.name);
   }
 
   /** `ferry points create`: a point now, for a machine that is being protected. */
-  async request(machineName: string): Promise<JobView> {
+  async request(machineName: string, consistency?: 'app' | 'crash'): Promise<JobView> {
     const machine = await this.machines.get(machineName);
     if (machine.state === 'unprotected') {
       throw new FerryError('conflict', `machine '${machineName}' is unprotected; run \`ferry protect ${machineName} --site SITE\` first`);
     }
-    return this.ensureReplicationJob(machine.id);
+    return this.ensureReplicationJob(machine.id, this.context.db, consistency);
   }
 
   /**
@@ -104,7 +109,14 @@ export class Points {
         machine.state === 'protecting' ? nextState(machineTransitions, `machine '${machine.name}'`, 'protecting', 'initial-point-committed') : (machine.state as MachineState);
       await db
         .updateTable('machines')
-        .set({ state, last_point_at: Math.max(takenAt, machine.last_point_at ?? 0), replication_error: null, replication_error_code: null, updated_at: now })
+        .set({
+          state,
+          last_point_at: Math.max(takenAt, machine.last_point_at ?? 0),
+          ...(request.consistency === 'app' ? { last_app_point_at: Math.max(takenAt, machine.last_app_point_at ?? 0) } : {}),
+          replication_error: null,
+          replication_error_code: null,
+          updated_at: now,
+        })
         .where('id', '=', machine.id)
         .execute();
       await this.jobs.transition(job.id, 'succeed', { result: { pointId, consistency: request.consistency } }, db);

@@ -15,6 +15,7 @@ export function policyView(row: PolicyRow): PolicyView {
     id: row.id,
     name: row.name,
     intervalSeconds: row.interval_seconds,
+    appIntervalSeconds: row.app_interval_seconds,
     retentionSeconds: row.retention_seconds,
     rpoThresholdSeconds: row.rpo_threshold_seconds,
     createdAt: new Date(row.created_at).toISOString(),
@@ -25,10 +26,16 @@ export function policyView(row: PolicyRow): PolicyView {
 export class Policies {
   constructor(private readonly context: CoreContext) {}
 
-  /** Adds a policy. The RPO threshold defaults to twice the interval (at least one minute). */
+  /**
+   * Adds a policy. Every point is application-consistent (hooks run) unless `appIntervalSeconds` is
+   * longer than the interval; the RPO threshold defaults to twice the interval (at least one minute).
+   */
   async create(request: CreatePolicyRequest): Promise<PolicyView> {
     const existing = await this.context.db.selectFrom('policies').select('id').where('name', '=', request.name).executeTakeFirst();
     if (existing) throw new FerryError('conflict', `policy '${request.name}' already exists`);
+    if (request.appIntervalSeconds !== undefined && request.appIntervalSeconds < request.intervalSeconds) {
+      throw new FerryError('invalid-request', `the app-consistent interval (${request.appIntervalSeconds}s) must be at least the interval (${request.intervalSeconds}s)`);
+    }
     if (request.retentionSeconds < request.intervalSeconds) {
       throw new FerryError('invalid-request', `retention (${request.retentionSeconds}s) must be at least the interval (${request.intervalSeconds}s)`);
     }
@@ -36,6 +43,7 @@ export class Policies {
       id: newId('pol'),
       name: request.name,
       interval_seconds: request.intervalSeconds,
+      app_interval_seconds: request.appIntervalSeconds ?? request.intervalSeconds,
       retention_seconds: request.retentionSeconds,
       rpo_threshold_seconds: request.rpoThresholdSeconds ?? Math.max(60, 2 * request.intervalSeconds),
       created_at: this.context.now(),

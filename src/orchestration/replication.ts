@@ -96,13 +96,15 @@ export class Replication {
   private async describeForAgent(jobId: string, machineId: string, params: string): Promise<AgentJob> {
     const machine = await this.machines.getById(machineId);
     const disks = await this.machines.disksOf(machineId);
-    const chunkSize = Number((JSON.parse(params) as { chunkSize?: number }).chunkSize) || this.context.options.chunkSize;
+    const parsed = JSON.parse(params) as { chunkSize?: number; consistency?: 'app' | 'crash' };
+    const chunkSize = Number(parsed.chunkSize) || this.context.options.chunkSize;
     return {
       id: jobId,
       kind: 'replicate',
       machine: { id: machine.id, name: machine.name },
       disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path })),
       hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
+      consistency: parsed.consistency ?? 'app',
       chunkSize,
     };
   }

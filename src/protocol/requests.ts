@@ -31,7 +31,10 @@ export const createSiteRequest = z.object({
 
 export const createPolicyRequest = z.object({
   name,
-  intervalSeconds: seconds.min(10).max(86400),
+  /** Time between points (crash-consistent where a snapshot can be taken). */
+  intervalSeconds: seconds.min(30).max(86400),
+  /** Time between application-consistent points (hooks run); defaults to every point. */
+  appIntervalSeconds: seconds.max(30 * 86400).optional(),
   retentionSeconds: seconds.min(60).max(365 * 86400),
   rpoThresholdSeconds: seconds.max(7 * 86400).optional(),
 });
@@ -50,6 +53,9 @@ export const protectRequest = z.object({ site: name, policy: name.default('defau
 export const pointSelector = z.string().min(1).max(64).default('latest');
 
 export const testFailoverRequest = z.object({ point: pointSelector });
+
+/** `ferry points create`: optionally force or skip the hooks for this point. */
+export const createPointRequest = z.object({ consistency: z.enum(['app', 'crash']).optional() });
 
 export const listJobsQuery = z.object({
   machine: name.optional(),

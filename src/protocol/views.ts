@@ -19,6 +19,7 @@ export interface PolicyView {
   id: string;
   name: string;
   intervalSeconds: number;
+  appIntervalSeconds: number;
   retentionSeconds: number;
   rpoThresholdSeconds: number;
   createdAt: string;
@@ -144,6 +145,8 @@ export interface AgentJob {
   machine: { id: string; name: string };
   disks: { id: string; position: number; path: string }[];
   hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number };
+  /** 'app': run the hooks (if any) around the capture; 'crash': capture without them. */
+  consistency: 'app' | 'crash';
   chunkSize: number;
 }
 

@@ -21,10 +21,38 @@ const run = promisify(execFile);
 /** Absolute path of bin/ferry.js. */
 export const ferryBin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'ferry.js');
 
-/** A temporary directory removed when the test ends. */
+const cleanupStacks = new WeakMap<TestContext, (() => Promise<unknown> | unknown)[]>();
+
+/**
+ * Runs `cleanup` when the test ends. Cleanups run last-registered first (kill the processes, then
+ * unmount, then remove the directory), and one that fails does not stop the others: node:test's own
+ * `t.after` runs hooks in registration order and stops at the first failure.
+ */
+export function defer(t: TestContext, cleanup: () => Promise<unknown> | unknown): void {
+  let stack = cleanupStacks.get(t);
+  if (!stack) {
+    const created: (() => Promise<unknown> | unknown)[] = [];
+    stack = created;
+    cleanupStacks.set(t, created);
+    t.after(async () => {
+      const failures: unknown[] = [];
+      for (const step of created.reverse()) {
+        try {
+          await step();
+        } catch (error) {
+          failures.push(error);
+        }
+      }
+      if (failures.length) throw new AggregateError(failures, `${failures.length} cleanup step(s) failed`);
+    });
+  }
+  stack.push(cleanup);
+}
+
+/** A temporary directory removed when the test ends (after everything registered later is cleaned up). */
 export async function tempDir(t: TestContext, prefix = 'ferry-e2e-'): Promise<string> {
   const directory = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rm(directory, { recursive: true, force: true }));
+  defer(t, () => fs.rm(directory, { recursive: true, force: true }));
   return directory;
 }
 
@@ -62,7 +90,7 @@ function startDaemon(t: TestContext, args: string[], logPath: string, env: Recor
       await exited;
     },
   };
-  t.after(() => daemon.kill('SIGKILL'));
+  defer(t, () => daemon.kill('SIGKILL'));
   return daemon;
 }
 
@@ -74,11 +102,19 @@ export interface TestServer extends Daemon {
   admin: ApiClient;
 }
 
-/** Starts `ferry server` on `dataDir` (port 0 unless given) and waits until it answers. */
-export async function startServer(t: TestContext, dataDir: string, options: { port?: number } = {}): Promise<TestServer> {
+/**
+ * Starts `ferry server` on `dataDir` (port 0 unless given) and waits until it answers. `extraArgs` are
+ * appended to the command line (e.g. store key flags) and `env` added to its environment.
+ */
+export async function startServer(t: TestContext, dataDir: string, options: { port?: number; extraArgs?: string[]; env?: Record<string, string> } = {}): Promise<TestServer> {
   await fs.mkdir(dataDir, { recursive: true });
   await fs.rm(path.join(dataDir, 'server.json'), { force: true });
-  const daemon = startDaemon(t, ['server', '--data-dir', dataDir, '--listen', `127.0.0.1:${options.port ?? 0}`], path.join(dataDir, '..', `server-${path.basename(dataDir)}.log`));
+  const daemon = startDaemon(
+    t,
+    ['server', '--data-dir', dataDir, '--listen', `127.0.0.1:${options.port ?? 0}`, ...(options.extraArgs ?? [])],
+    path.join(dataDir, '..', `server-${path.basename(dataDir)}.log`),
+    options.env,
+  );
   let url: string | null = null;
   for (let attempt = 0; attempt < 200 && !url; attempt++) {
     const text = await fs.readFile(path.join(dataDir, 'server.json'), 'utf8').catch(() => null);

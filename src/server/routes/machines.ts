@@ -1,7 +1,7 @@
 /** Routes for machines: status, settings, protection, points and test failover (admin). */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
-import { listPointsQuery, nameParam, protectRequest, testFailoverRequest, updateMachineRequest } from '../../protocol/requests.js';
+import { createPointRequest, listPointsQuery, nameParam, protectRequest, testFailoverRequest, updateMachineRequest } from '../../protocol/requests.js';
 import { parse } from '../http-errors.js';
 
 export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
@@ -23,7 +23,8 @@ export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
     return { points: await core.points.list(machineName(request.params), query.limit) };
   });
   app.post('/api/v1/machines/:name/points', async (request, reply) => {
-    return reply.status(202).send({ job: await core.points.request(machineName(request.params)) });
+    const body = parse(createPointRequest, request.body, 'point request');
+    return reply.status(202).send({ job: await core.points.request(machineName(request.params), body.consistency) });
   });
 
   app.post('/api/v1/machines/:name/test-failover', async (request, reply) => {
