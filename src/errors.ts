@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'hook-failed' // a pre/post-point hook failed or timed out
   | 'server-unreachable' // the client could not reach the server
   | 'io-error' // a local file system operation failed
+  | 'wrong-key' // an encrypted chunk store was opened with a key (or passphrase) that is not its own
   | 'internal'; // a bug: logged with its stack
 
 const httpStatusByCode: Record<ErrorCode, number> = {
@@ -34,6 +35,9 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   'hook-failed': 422,
   'server-unreachable': 503,
   'io-error': 500,
+  // A server-side configuration fault, not something the API client did: 500, never 401/403, so a
+  // client does not take it for a problem with its own token.
+  'wrong-key': 500,
   internal: 500,
 };
 
@@ -95,6 +99,7 @@ export function exitCodeOf(error: FerryError): number {
     case 'unauthorized':
     case 'forbidden':
     case 'conflict':
+    case 'wrong-key':
       return 4;
     case 'server-unreachable':
       return 5;

@@ -16,6 +16,7 @@ import { DiskIndex } from '../store/disk-index.js';
 import { type DiskSource, openRawDisk } from '../disks/disk-source.js';
 import type { Logger } from '../util/logger.js';
 import type { AgentState } from './agent-state.js';
+import { type TrackerMark, trackerFor } from './change-tracking.js';
 import { runHook } from './hooks.js';
 import { type DiskSnapshot, snapshotDisks } from './snapshots.js';
 
@@ -72,6 +73,8 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
   const sources: DiskSource[] = [];
   let snapshot: DiskSnapshot | null = null;
   try {
+    const trackers = await Promise.all(job.disks.map((disk) => trackerFor(disk.path)));
+    const marks = await Promise.all(job.disks.map((disk, position) => trackers[position]!.mark(disk.path)));
     snapshot = await snapshotDisks(
       job.disks.map((disk) => disk.path),
       { jobId: job.id, maxFreezeSeconds: deps.maxFreezeSeconds, agentDataDir: deps.dataDir, log: deps.log },
@@ -86,19 +89,29 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     );
 
     const takenAt = snapshot.takenAt;
-    const indexes: { diskId: string; index: DiskIndex; changedBytes: number; sentBytes: number }[] = [];
+    const indexes: { diskId: string; index: DiskIndex; changedBytes: number; sentBytes: number; mark: TrackerMark | null }[] = [];
     let doneBefore = 0;
     try {
       for (const [position, disk] of job.disks.entries()) {
         const source = sources[position]!;
         const previous = await deps.state.lastIndex(disk.id);
-        const { index, changedBytes, sentBytes } = await readDisk(source, job.chunkSize, previous, {
-          call,
-          client: deps.client,
-          onProgress: (doneBytes) => progress.report(doneBefore + doneBytes, `reading disk ${disk.position}`),
-        });
-        indexes.push({ diskId: disk.id, index, changedBytes, sentBytes });
+        // Asked after the capture, so "nothing changed" covers the instant the snapshot was taken.
+        const unchanged =
+          previous !== null &&
+          previous.chunkSize === job.chunkSize &&
+          previous.diskSize === source.size &&
+          (await trackers[position]!.changedSince(disk.path, await deps.state.lastMark(disk.id))) === 'nothing';
+        const { index, changedBytes, sentBytes } = unchanged
+          ? { index: previous, changedBytes: 0, sentBytes: 0 }
+          : await readDisk(source, job.chunkSize, previous, {
+              call,
+              client: deps.client,
+              onProgress: (doneBytes) => progress.report(doneBefore + doneBytes, `reading disk ${disk.position}`),
+            });
+        if (unchanged) notes.push(`disk ${disk.position} unchanged since the last point (${trackers[position]!.name}): not read`);
+        indexes.push({ diskId: disk.id, index, changedBytes, sentBytes, mark: marks[position] ?? null });
         doneBefore += source.size;
+        progress.report(doneBefore, `read disk ${disk.position}`);
       }
     } finally {
       await runPostHook();
@@ -125,7 +138,7 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     const point = await call(() =>
       deps.client.post<PointView>('/agent/points', { jobId: job.id, takenAt, consistency, note: notes.join('; ') || null, disks: committedDisks }),
     );
-    for (const entry of indexes) await deps.state.saveIndex(entry.diskId, entry.index);
+    for (const entry of indexes) await deps.state.saveIndex(entry.diskId, entry.index, entry.mark);
     return point;
   } finally {
     for (const source of sources) await source.close();

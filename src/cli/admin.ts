@@ -81,10 +81,15 @@ export function registerAdminCommands(program: Command): void {
     .command('events')
     .description('recent events, newest first')
     .option('--machine <name>', 'only this machine')
+    .option('--alerts', 'only warnings and errors (health changes, failures)')
     .option('--limit <n>', 'how many', '50')
-    .action(async (options: { machine?: string; limit: string }, command: Command) => {
+    .action(async (options: { machine?: string; alerts?: boolean; limit: string }, command: Command) => {
       const cli = CliContext.of(command);
-      const { events } = await cli.client.get<{ events: EventView[] }>('/events', { machine: options.machine, limit: options.limit });
+      const { events } = await cli.client.get<{ events: EventView[] }>('/events', {
+        machine: options.machine,
+        alerts: options.alerts ? 'true' : undefined,
+        limit: options.limit,
+      });
       cli.print({ events }, () => printTable(['TIME', 'SEVERITY', 'MACHINE', 'MESSAGE'], events.map((e) => [e.at, e.severity, e.machine, e.message]), 'no events'));
     });
 }

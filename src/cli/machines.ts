@@ -6,7 +6,10 @@ import { CliContext } from './context.js';
 import { formatAge, formatBytes, printFields, printTable } from './output.js';
 
 function replicationText(machine: MachineView): string {
-  if (machine.replication.state === 'replicating') return `replicating ${machine.replication.percent ?? 0}%`;
+  const eta = machine.replication.etaSeconds !== null ? `, ${formatDuration(machine.replication.etaSeconds)} left` : '';
+  if (machine.replication.state === 'initial-replication') return `initial replication ${machine.replication.percent ?? 0}%${eta}`;
+  if (machine.replication.state === 'replicating') return `replicating ${machine.replication.percent ?? 0}%${eta}`;
+  if (machine.replication.state === 'paused') return 'paused';
   if (machine.replication.state === 'error') return `error: ${machine.replication.error?.code}`;
   return 'idle';
 }
@@ -75,6 +78,20 @@ export function registerMachineCommands(program: Command): void {
       const machine = options.wait ? await cli.client.get<MachineView>(`/machines/${encodeURIComponent(name)}`) : started.machine;
       cli.print({ machine, job }, () => console.log(`${name}: ${machine.state}; initial replication job ${job.id} ${job.state}`));
     });
+
+  for (const [verb, description] of [
+    ['pause', 'pause replication of a machine: no new points until resumed; its points are kept'],
+    ['resume', 'resume replication of a paused machine'],
+  ] as const) {
+    program
+      .command(`${verb} <machine>`)
+      .description(description)
+      .action(async (name: string, _options: unknown, command: Command) => {
+        const cli = CliContext.of(command);
+        const machine = await cli.client.post<MachineView>(`/machines/${encodeURIComponent(name)}/${verb}`);
+        cli.print(machine, () => console.log(`${name}: ${machine.state}`));
+      });
+  }
 
   program
     .command('status [machine]')

@@ -10,6 +10,7 @@ import { registerDemoCommands } from './demo.js';
 import { registerFailoverCommands } from './failover.js';
 import { registerMachineCommands } from './machines.js';
 import { registerPointCommands } from './points.js';
+import { registerStoreCommands } from './store.js';
 
 /** Builds the command tree (exported for tests and docs). */
 export function buildProgram(): Command {
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerMachineCommands(program);
   registerPointCommands(program);
   registerFailoverCommands(program);
+  registerStoreCommands(program);
   registerDemoCommands(program);
   for (const command of allCommands(program)) command.exitOverride();
   return program;

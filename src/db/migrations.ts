@@ -56,6 +56,7 @@ const migrations: Record<string, Migration> = {
         .addColumn('replication_error', 'text')
         .addColumn('last_point_at', 'integer')
         .addColumn('last_app_point_at', 'integer')
+        .addColumn('health_level', 'text', (c) => c.notNull().defaultTo('healthy'))
         .addColumn('created_at', 'integer', (c) => c.notNull())
         .addColumn('updated_at', 'integer', (c) => c.notNull())
         .execute();

@@ -53,6 +53,8 @@ export interface MachineTable {
   replication_error: string | null;
   last_point_at: number | null;
   last_app_point_at: number | null;
+  /** Health when last checked by the scheduler: a change is recorded as an alert event. */
+  health_level: Generated<string>;
   created_at: number;
   updated_at: number;
 }

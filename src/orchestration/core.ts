@@ -14,6 +14,8 @@ import { FilesDriver } from '../compute/files-driver.js';
 import { type Db, openSqlite } from '../db/database.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { FilesystemBackend } from '../store/fs-backend.js';
+import { describeStoreConfig, type StoreOpenOptions } from '../store/store-config.js';
+import { StoreGuard } from '../store/store-guard.js';
 import { ensureDirectory } from '../util/durable-fs.js';
 import { createLogger, type Logger } from '../util/logger.js';
 import { compileCoreOptions, type CoreContext, type CoreOptions } from './context.js';
@@ -26,6 +28,7 @@ import { Policies } from './policies.js';
 import { Replication } from './replication.js';
 import { Scheduler } from './scheduler.js';
 import { Sites } from './sites.js';
+import { StoreMaintenance } from './store-maintenance.js';
 import { TestFailovers } from './test-failover.js';
 import { Tokens } from './tokens.js';
 
@@ -33,6 +36,11 @@ import { Tokens } from './tokens.js';
 export interface CoreSetup {
   dataDir: string;
   options?: Partial<CoreOptions>;
+  /**
+   * The chunk store's key (for an encrypted store, or to create one) and the compression of a new
+   * store. Default: a new store gets zstd and no encryption; an existing one opens as its config says.
+   */
+  store?: StoreOpenOptions;
   log?: Logger;
 }
 
@@ -47,6 +55,10 @@ export class FerryCore {
   readonly replication: Replication;
   readonly testFailovers: TestFailovers;
   readonly events: Events;
+  /** Store writes of the agent protocol, safe against a concurrent garbage collection. */
+  readonly storeGuard: StoreGuard;
+  /** Garbage collection, verify and stats of the chunk store. */
+  readonly storeMaintenance: StoreMaintenance;
   private readonly scheduler: Scheduler;
   private readonly runner: JobRunner;
   private readonly shutdownController: AbortController;
@@ -66,25 +78,35 @@ export class FerryCore {
     this.points = new Points(context, this.jobs, this.machines, this.events);
     this.replication = new Replication(context, this.jobs, this.machines, this.points, this.sites, this.policies, this.events);
     this.testFailovers = new TestFailovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver());
-    this.scheduler = new Scheduler(context, this.points);
+    this.scheduler = new Scheduler(context, this.points, this.machines, this.events);
+    this.storeGuard = new StoreGuard(context.store);
+    this.storeMaintenance = new StoreMaintenance(context, this.storeGuard, this.events);
     this.runner = new JobRunner(context, this.jobs, {
       'test-failover': (job) => this.testFailovers.runCreate(job),
       'test-failover-cleanup': (job) => this.testFailovers.runCleanup(job),
     });
   }
 
-  /** Opens (creating on first use) the data directory, migrates the database and bootstraps the admin token and default policy. */
+  /**
+   * Opens (creating on first use) the data directory and the chunk store, migrates the database and
+   * bootstraps the admin token and default policy. The store is opened first, so a wrong or missing store
+   * key ('wrong-key', 'invalid-request', 'conflict': see `openStoreConfig`) stops the server before it
+   * touches anything else.
+   */
   static async create(setup: CoreSetup): Promise<FerryCore> {
     const dataDir = path.resolve(setup.dataDir);
     await ensureDirectory(dataDir, 0o700);
+    const log = setup.log ?? createLogger('server');
+    const store = await ChunkStore.open(new FilesystemBackend(path.join(dataDir, 'store')), setup.store);
+    log.info({ store: store.backend.location, format: store.config ? describeStoreConfig(store.config) : 'plain' }, 'chunk store opened');
     const db: Db = await openSqlite(path.join(dataDir, 'ferry.db'));
     const signals = new EventEmitter();
     signals.setMaxListeners(0);
     const shutdownController = new AbortController();
     const context: CoreContext = {
       db,
-      store: new ChunkStore(new FilesystemBackend(path.join(dataDir, 'store'))),
-      log: setup.log ?? createLogger('server'),
+      store,
+      log,
       options: compileCoreOptions(setup.options),
       now: () => Date.now(),
       signals,
@@ -105,6 +127,7 @@ export class FerryCore {
   start(): void {
     this.scheduler.start();
     this.runner.start();
+    this.storeMaintenance.start();
   }
 
   /** Tells long-running requests (agent long polls) to return now; call before closing the HTTP server. */
@@ -117,6 +140,7 @@ export class FerryCore {
     this.beginShutdown();
     await this.scheduler.stop();
     await this.runner.stop();
+    await this.storeMaintenance.stop();
     await this.context.db.destroy();
   }
 }

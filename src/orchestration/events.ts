@@ -16,8 +16,8 @@ export class Events {
     log({ code: event.code, machineId: event.machineId }, event.message);
   }
 
-  /** Newest first. */
-  async list(options: { machineId?: string; limit: number }): Promise<EventView[]> {
+  /** Newest first; `alertsOnly` keeps warnings and errors. */
+  async list(options: { machineId?: string; limit: number; alertsOnly?: boolean }): Promise<EventView[]> {
     let query = this.context.db
       .selectFrom('events')
       .leftJoin('machines', 'machines.id', 'events.machine_id')
@@ -25,6 +25,7 @@ export class Events {
       .orderBy('events.id', 'desc')
       .limit(options.limit);
     if (options.machineId) query = query.where('events.machine_id', '=', options.machineId);
+    if (options.alertsOnly) query = query.where('events.severity', '!=', 'info');
     const rows = await query.execute();
     return rows.map((row) => ({
       id: row.id,

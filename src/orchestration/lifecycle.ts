@@ -8,14 +8,18 @@ import { FerryError } from '../errors.js';
 /** A table of state -> event -> next state. */
 export type TransitionTable<State extends string, Event extends string> = Record<State, Partial<Record<Event, State>>>;
 
-/** Protection state of a machine (DR/migration states arrive with failover in a later change). */
-export type MachineState = 'unprotected' | 'protecting' | 'protected';
-export type MachineEvent = 'protect' | 'initial-point-committed';
+/**
+ * Protection state of a machine (DR/migration states arrive with failover in a later change). A
+ * paused machine keeps its points but takes no new ones until resumed.
+ */
+export type MachineState = 'unprotected' | 'protecting' | 'protected' | 'paused';
+export type MachineEvent = 'protect' | 'initial-point-committed' | 'pause' | 'resume';
 
 export const machineTransitions: TransitionTable<MachineState, MachineEvent> = {
   unprotected: { protect: 'protecting' },
   protecting: { 'initial-point-committed': 'protected' },
-  protected: {},
+  protected: { pause: 'paused' },
+  paused: { resume: 'protected' },
 };
 
 /** Jobs: queued until an executor claims them, then running until they end. */

@@ -7,7 +7,10 @@ import type { DiskRow, MachineRow } from '../db/schema.js';
 import type { RegisterAgentRequest, UpdateMachineRequest } from '../protocol/requests.js';
 import type { HealthLevel, MachineView, RegisterAgentResponse, TestFailoverView } from '../protocol/views.js';
 import { newId } from '../util/ids.js';
+import { promises as fs } from 'node:fs';
+import type { JobRow } from '../db/schema.js';
 import { type CoreContext, parseJsonColumn } from './context.js';
+import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
 import type { Principal } from './tokens.js';
 
 /** Hook timeout a machine starts with. */
@@ -63,6 +66,7 @@ export class Machines {
             replication_error: null,
             last_point_at: null,
             last_app_point_at: null,
+            health_level: 'healthy',
             created_at: now,
             updated_at: now,
           };
@@ -155,6 +159,39 @@ export class Machines {
     return Promise.all(rows.map((row) => this.view(row.name)));
   }
 
+  /** How many of the machine's latest replication jobs failed, back to the last success. */
+  private async consecutiveFailures(machineId: string): Promise<number> {
+    const recent = await this.context.db
+      .selectFrom('jobs')
+      .select('state')
+      .where('machine_id', '=', machineId)
+      .where('kind', 'in', ['initial-replication', 'point'])
+      .where('state', 'in', ['succeeded', 'failed'])
+      .orderBy('ended_at', 'desc')
+      .limit(20)
+      .execute();
+    const firstSuccess = recent.findIndex((job) => job.state === 'succeeded');
+    return firstSuccess === -1 ? recent.length : firstSuccess;
+  }
+
+  /** Free space of the store's file system (null for stores that are not local directories). */
+  private async storeSpace(): Promise<{ freeRatio: number } | null> {
+    try {
+      const stats = await fs.statfs(this.context.store.backend.location);
+      return { freeRatio: stats.blocks > 0 ? stats.bavail / stats.blocks : 1 };
+    } catch {
+      return null;
+    }
+  }
+
+  /** Pauses or resumes a machine's replication: no new points while paused; its points are kept. */
+  async setPaused(name: string, paused: boolean): Promise<MachineView> {
+    const machine = await this.get(name);
+    const state = nextState(machineTransitions, `machine '${name}'`, machine.state as MachineState, paused ? 'pause' : 'resume');
+    await this.context.db.updateTable('machines').set({ state, updated_at: this.context.now() }).where('id', '=', machine.id).where('state', '=', machine.state).execute();
+    return this.view(name);
+  }
+
   /** Everything known about one machine, with health and RPO computed now. */
   async view(name: string): Promise<MachineView> {
     const { db, now, options } = this.context;
@@ -185,7 +222,14 @@ export class Machines {
     for (const disk of disks) if (disk.error) critical.push(`disk ${disk.position} (${disk.path}): ${disk.error}`);
     if (machine.state !== 'unprotected') {
       if (!online) critical.push(`agent '${agent.name}' not seen for ${Math.round((currentTime - agent.last_seen_at) / 1000)}s`);
-      if (machine.replication_error) critical.push(`replication failing: ${machine.replication_error}`);
+      if (machine.replication_error) {
+        const failures = await this.consecutiveFailures(machine.id);
+        critical.push(`replication failing${failures > 1 ? ` (${failures} attempts in a row)` : ''}: ${machine.replication_error}`);
+      }
+      if (machine.state === 'paused') warning.push('replication is paused: no new points until `ferry resume`');
+      const space = await this.storeSpace();
+      if (space !== null && space.freeRatio < 0.05) critical.push(`the store is nearly full: ${(space.freeRatio * 100).toFixed(1)}% free`);
+      else if (space !== null && space.freeRatio < 0.1) warning.push(`the store is filling up: ${(space.freeRatio * 100).toFixed(1)}% free`);
       if (rpoSeconds !== null && rpoThresholdSeconds !== null && rpoSeconds > rpoThresholdSeconds) {
         warning.push(`RPO ${rpoSeconds}s is over the policy's threshold of ${rpoThresholdSeconds}s`);
       }
@@ -213,9 +257,18 @@ export class Machines {
       disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path, sizeBytes: disk.size_bytes, error: disk.error })),
       hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
       replication: {
-        state: activeJob ? 'replicating' : machine.replication_error ? 'error' : 'idle',
+        state: activeJob
+          ? activeJob.kind === 'initial-replication'
+            ? 'initial-replication'
+            : 'replicating'
+          : machine.state === 'paused'
+            ? 'paused'
+            : machine.replication_error
+              ? 'error'
+              : 'idle',
         jobId: activeJob?.id ?? null,
         percent: activeJob ? (activeJob.total_bytes > 0 ? Math.floor((activeJob.done_bytes / activeJob.total_bytes) * 1000) / 10 : 0) : null,
+        etaSeconds: activeJob ? estimateSeconds(activeJob, currentTime) : null,
         error: machine.replication_error ? { code: machine.replication_error_code ?? 'unknown', message: machine.replication_error } : null,
       },
       health: { level, reasons: [...critical, ...warning] },
@@ -226,4 +279,11 @@ export class Machines {
       testFailover: testFailoverView,
     };
   }
+}
+
+/** Seconds a running job still needs at the pace it has had so far; null until it has made progress. */
+export function estimateSeconds(job: Pick<JobRow, 'started_at' | 'done_bytes' | 'total_bytes'>, now: number): number | null {
+  if (job.started_at === null || job.done_bytes <= 0 || job.total_bytes <= 0) return null;
+  const elapsed = (now - job.started_at) / 1000;
+  return Math.max(0, Math.round((elapsed * (job.total_bytes - job.done_bytes)) / job.done_bytes));
 }

@@ -39,8 +39,11 @@ export class Points {
     const existing = await this.jobs.activeFor(machine.id, replicationKinds, db);
     if (existing) return jobView(existing, machine.name);
     const kind: JobKind = machine.state === 'protecting' ? 'initial-replication' : 'point';
-    const policy = machine.policy_id ? await db.selectFrom('policies').select('app_interval_seconds').where('id', '=', machine.policy_id).executeTakeFirst() : undefined;
-    const appDue = machine.last_app_point_at === null || !policy || this.context.now() - machine.last_app_point_at >= policy.app_interval_seconds * 1000;
+    const policy = machine.policy_id
+      ? await db.selectFrom('policies').select(['interval_seconds', 'app_interval_seconds']).where('id', '=', machine.policy_id).executeTakeFirst()
+      : undefined;
+    const everyPointIsApp = !policy || policy.app_interval_seconds <= policy.interval_seconds;
+    const appDue = everyPointIsApp || machine.last_app_point_at === null || this.context.now() - machine.last_app_point_at >= policy.app_interval_seconds * 1000;
     const params = { chunkSize: this.context.options.chunkSize, consistency: consistency ?? (appDue ? 'app' : 'crash') };
     const created = await this.jobs.create({ kind, machineId: machine.id, agentId: machine.agent_id, params }, db);
     return jobView(created, machine.name);
@@ -51,6 +54,9 @@ export class Points {
     const machine = await this.machines.get(machineName);
     if (machine.state === 'unprotected') {
       throw new FerryError('conflict', `machine '${machineName}' is unprotected; run \`ferry protect ${machineName} --site SITE\` first`);
+    }
+    if (machine.state === 'paused') {
+      throw new FerryError('conflict', `machine '${machineName}' is paused; run \`ferry resume ${machineName}\` first`);
     }
     return this.ensureReplicationJob(machine.id, this.context.db, consistency);
   }

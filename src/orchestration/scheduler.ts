@@ -1,8 +1,11 @@
 /**
  * The scheduler: on every tick, for each protected machine, queue a point when the policy's interval
- * has passed (waiting `retryDelayMs` after a failure), and expire points past retention.
+ * has passed (waiting `retryDelayMs` after a failure), and expire points past retention. It also
+ * watches every machine's health and records each change as an alert event.
  */
 import type { CoreContext } from './context.js';
+import type { Events } from './events.js';
+import type { Machines } from './machines.js';
 import type { Points } from './points.js';
 
 /** Runs `tick` on an interval until stopped. */
@@ -13,6 +16,8 @@ export class Scheduler {
   constructor(
     private readonly context: CoreContext,
     private readonly points: Points,
+    private readonly machines: Machines,
+    private readonly events: Events,
   ) {}
 
   start(): void {
@@ -60,6 +65,23 @@ export class Scheduler {
         retryPending;
       if (due && !lastAttemptFailedRecently) await this.points.ensureReplicationJob(machine.id);
       await this.points.expire(machine, retention_seconds);
+    }
+    await this.recordHealthChanges();
+  }
+
+  /** Records an alert event whenever a protected machine's health level changes. */
+  async recordHealthChanges(): Promise<void> {
+    const watched = await this.context.db.selectFrom('machines').select(['id', 'name', 'health_level']).where('state', '!=', 'unprotected').execute();
+    for (const machine of watched) {
+      const { health } = await this.machines.view(machine.name);
+      if (health.level === machine.health_level) continue;
+      await this.context.db.updateTable('machines').set({ health_level: health.level }).where('id', '=', machine.id).execute();
+      await this.events.record({
+        machineId: machine.id,
+        severity: health.level === 'critical' ? 'error' : health.level === 'warning' ? 'warning' : 'info',
+        code: 'health-changed',
+        message: `${machine.name}: health ${machine.health_level} -> ${health.level}${health.reasons.length ? `: ${health.reasons.join('; ')}` : ''}`,
+      });
     }
   }
 }

@@ -35,7 +35,7 @@ export class TestFailovers {
   /** Queues a test failover of `machineName` to `pointSelector` ("latest" or an id). */
   async start(machineName: string, pointSelector: string): Promise<TestFailoverStarted> {
     const machine = await this.machines.get(machineName);
-    if (machine.state !== 'protected') {
+    if (machine.state !== 'protected' && machine.state !== 'paused') {
       throw new FerryError('conflict', `machine '${machineName}' is ${machine.state}; test failover needs a protected machine`);
     }
     const existing = await this.context.db.selectFrom('test_failovers').select('state').where('machine_id', '=', machine.id).executeTakeFirst();

@@ -58,9 +58,12 @@ export interface MachineView {
   disks: DiskView[];
   hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number };
   replication: {
-    state: 'idle' | 'replicating' | 'error';
+    /** initial-replication: the first full copy; replicating: a point is being taken; paused: no new points. */
+    state: 'idle' | 'initial-replication' | 'replicating' | 'paused' | 'error';
     jobId: string | null;
     percent: number | null;
+    /** Estimated seconds until the running job ends, from its progress so far. */
+    etaSeconds: number | null;
     error: { code: string; message: string } | null;
   };
   health: { level: HealthLevel; reasons: string[] };

@@ -11,6 +11,7 @@ import { adminRoutes } from './routes/admin.js';
 import { agentRoutes } from './routes/agent.js';
 import { jobRoutes } from './routes/jobs.js';
 import { machineRoutes } from './routes/machines.js';
+import { storeRoutes } from './routes/store.js';
 
 /** The Fastify app serving `core`. Not yet listening. */
 export function buildApp(core: FerryCore): FastifyInstance {
@@ -31,5 +32,6 @@ export function buildApp(core: FerryCore): FastifyInstance {
   machineRoutes(app, core);
   jobRoutes(app, core);
   agentRoutes(app, core);
+  storeRoutes(app, core);
   return app;
 }

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { FerryCore } from '../orchestration/core.js';
 import type { CoreOptions } from '../orchestration/context.js';
+import type { StoreOpenOptions } from '../store/store-config.js';
 import { writeFileDurable } from '../util/durable-fs.js';
 import { buildApp } from './app.js';
 
@@ -16,6 +17,8 @@ export interface ServerOptions {
   /** host:port; port 0 picks a free one. */
   listen: string;
   core?: Partial<CoreOptions>;
+  /** Store key and new-store compression (see `CoreSetup.store`). */
+  store?: StoreOpenOptions;
 }
 
 /** A running server. */
@@ -28,7 +31,7 @@ export interface RunningServer {
 /** Starts serving; resolves once listening. */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const { host, port } = parseListen(options.listen);
-  const core = await FerryCore.create({ dataDir: options.dataDir, options: options.core });
+  const core = await FerryCore.create({ dataDir: options.dataDir, options: options.core, store: options.store });
   const app = buildApp(core);
   await app.listen({ host, port });
   const address = app.server.address();

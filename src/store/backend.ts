@@ -18,6 +18,13 @@
  * - `list(prefix)` yields every key starting with `prefix` that existed before the call began; keys
  *   written or deleted during the listing may or may not appear. `prefix` is "" or a valid key, optionally
  *   ending in "/" (invalid-request otherwise); a prefix matching nothing yields nothing.
+ * - `stat` resolves null for a key that is not an object (missing, or only a prefix of other keys); for an
+ *   object it gives `size` (its byte length) and `modifiedAt` (milliseconds since the epoch of its last
+ *   `put` or `touch`, by the backend's clock, possibly rounded down to the medium's resolution, e.g.
+ *   whole seconds).
+ * - `touch` sets an object's `modifiedAt` to now without changing its bytes and resolves true; for a key
+ *   that is not an object it creates nothing and resolves false. A touch need not be durable: after a
+ *   crash `modifiedAt` may be older. Garbage collection relies on it (see garbage-collector.ts).
  * - Errors of the underlying medium are FerryError 'io-error' and retryable.
  */
 import { FerryError } from '../errors.js';
@@ -30,6 +37,18 @@ export interface StoreBackend {
   has(key: string): Promise<boolean>;
   delete(key: string): Promise<void>;
   list(prefix: string): AsyncIterable<string>;
+  /** Size and last-write-or-touch time of an object, or null when there is no object at `key`. */
+  stat(key: string): Promise<ObjectStat | null>;
+  /** Refreshes an object's `modifiedAt` to now; false (and nothing created) when there is no object at `key`. */
+  touch(key: string): Promise<boolean>;
+}
+
+/** What `StoreBackend.stat` reports about one object. */
+export interface ObjectStat {
+  /** Byte length of the object as stored. */
+  size: number;
+  /** Milliseconds since the epoch of the last `put` or `touch` (backend clock, medium resolution). */
+  modifiedAt: number;
 }
 
 const keyPattern = /^[a-z0-9_-][a-z0-9_.-]*(\/[a-z0-9_-][a-z0-9_.-]*)*$/;

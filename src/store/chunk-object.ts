@@ -1,33 +1,208 @@
 /**
- * The bytes a chunk is stored as: a 4-byte header ("FC", format version, codec) then the payload.
- * Codec 0 stores the chunk as it is; later codecs (compression, encryption) add numbers here, so data
- * written today stays readable.
+ * The bytes a stored object (a chunk, or a disk index) is kept as: a 4-byte header then the payload.
+ *
+ *   offset 0  "FC" (0x46 0x43)
+ *   offset 2  format version, 1
+ *   offset 3  codec, two flag bits:  bit 0 (1) = payload is zstd-compressed
+ *                                    bit 1 (2) = payload is AES-256-GCM encrypted
+ *             so 0 = as is, 1 = zstd, 2 = aes-256-gcm, 3 = aes-256-gcm over zstd. Other bits: unknown.
+ *   offset 4  payload: the bytes (codec 0), a zstd frame (1), or, when encrypted,
+ *             nonce (12) | ciphertext | GCM tag (16), the ciphertext being the bytes or a zstd frame.
+ *
+ * Every codec ever written stays readable; objects of codec 0 from before compression existed are read as
+ * they always were. Compression is skipped when it does not make the object smaller (random data,
+ * already-compressed files), so incompressible chunks cost nothing to read back. Encryption uses a fresh
+ * random nonce per object, and authenticates the header together with the object's key as additional
+ * data, so an object moved to another key or given another codec byte fails authentication.
+ *
+ * zstd level: measured on this project's 2-core reference machine (AMD EPYC), 64 KiB chunks, one core:
+ *   level   text (source, docs)                 binaries (/usr/bin, .so)
+ *   1       ratio 3.87, 290-320 MiB/s           ratio 2.10, 290-310 MiB/s
+ *   2       ratio 3.91, 300 MiB/s               ratio 2.18, 265 MiB/s
+ *   3       ratio 4.11, 225-240 MiB/s           ratio 2.21, 170-205 MiB/s
+ *   6       ratio 4.47, 70-77 MiB/s             ratio 2.35, 53-65 MiB/s
+ *   decompression 950-1150 MiB/s (text) and 550-830 MiB/s (binaries) at every level; random data is
+ *   detected as incompressible at 2700+ MiB/s and stored raw. For comparison SHA-256 runs at ~1100 MiB/s
+ *   and AES-256-GCM at 320-1400 MiB/s. Level 3 (zstd's own default) gains 5-6% over level 1 and still
+ *   compresses about twice as fast as a gigabit link delivers, so it is the default.
  */
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import zstd from 'zstd-napi/binding.js';
 import { FerryError } from '../errors.js';
 
 const MAGIC_0 = 0x46; // 'F'
 const MAGIC_1 = 0x43; // 'C'
 const FORMAT_VERSION = 1;
+const HEADER_LENGTH = 4;
+const NONCE_LENGTH = 12;
+const TAG_LENGTH = 16;
 
-/** Codecs a stored chunk may use (the fourth header byte). */
-export const ChunkCodec = { None: 0 } as const;
+/** Codecs a stored object may use (the fourth header byte): flag bits, combined. */
+export const ChunkCodec = { None: 0, Zstd: 1, Aes256Gcm: 2, Aes256GcmZstd: 3 } as const;
+const COMPRESSED = 1;
+const ENCRYPTED = 2;
 
-/** Wraps chunk bytes into a stored object. */
-export function encodeChunkObject(data: Uint8Array): Buffer {
-  const header = Buffer.from([MAGIC_0, MAGIC_1, FORMAT_VERSION, ChunkCodec.None]);
-  return Buffer.concat([header, data]);
+/** The zstd level new stores compress with (see the measurements above). */
+export const DEFAULT_ZSTD_LEVEL = 3;
+
+/** Largest payload `decodeChunkObject` inflates to unless told otherwise: the largest chunk size. */
+export const MAX_CHUNK_PAYLOAD = 64 * 1024 * 1024;
+
+/**
+ * How a store encodes new objects and decodes stored ones. Decoding reads every codec whatever
+ * `compressionLevel` says; encrypted objects need `dataKey`.
+ */
+export interface ObjectCodec {
+  /** zstd level for new objects, or null to store them uncompressed. */
+  compressionLevel: number | null;
+  /** 32-byte AES-256-GCM key: new objects are encrypted with it and encrypted objects need it. Null for a plain store. */
+  dataKey: Buffer | null;
 }
 
-/** Unwraps a stored object to the chunk bytes; throws corrupt-data for anything else. */
-export function decodeChunkObject(object: Buffer, key: string): Buffer {
-  if (object.length < 4 || object[0] !== MAGIC_0 || object[1] !== MAGIC_1) {
-    throw new FerryError('corrupt-data', `stored chunk ${key} has no valid header`);
+/** Neither compressed nor encrypted: the format of stores from before compression existed. */
+export const PLAIN_CODEC: ObjectCodec = Object.freeze({ compressionLevel: null, dataKey: null });
+
+// One compression and one decompression context, reused: the calls are synchronous, so never shared at once.
+let compressionContext: zstd.CCtx | null = null;
+let decompressionContext: zstd.DCtx | null = null;
+
+/**
+ * Wraps bytes into a stored object under `codec`. `objectKey` is the backend key the object will be
+ * stored under; an encrypted object is bound to it (decoding under another key fails). Compression is
+ * used only when it makes the payload smaller, and only after the compressed frame has been decompressed
+ * again and found equal to `data`, so a compressor fault can never put wrong bytes in the store.
+ */
+export function encodeChunkObject(data: Uint8Array, objectKey = '', codec: ObjectCodec = PLAIN_CODEC): Buffer {
+  let flags = 0;
+  let payload: Uint8Array = data;
+  if (codec.compressionLevel !== null && data.length > 0) {
+    const compressed = compress(data, codec.compressionLevel);
+    if (compressed) {
+      payload = compressed;
+      flags |= COMPRESSED;
+    }
+  }
+  if (codec.dataKey === null) return Buffer.concat([header(flags), payload]);
+
+  if (objectKey === '') throw new FerryError('internal', 'an encrypted object needs the key it is stored under');
+  flags |= ENCRYPTED;
+  const head = header(flags);
+  const nonce = randomBytes(NONCE_LENGTH);
+  const cipher = createCipheriv('aes-256-gcm', codec.dataKey, nonce, { authTagLength: TAG_LENGTH });
+  cipher.setAAD(associatedData(head, objectKey));
+  const ciphertext = Buffer.concat([cipher.update(payload), cipher.final()]);
+  return Buffer.concat([head, nonce, ciphertext, cipher.getAuthTag()]);
+}
+
+/**
+ * Unwraps a stored object to its bytes. `objectKey` names the object in errors and must be the key it
+ * was stored under (encrypted objects are bound to it). Throws corrupt-data for a bad header, an unknown
+ * codec, an encrypted object without `codec.dataKey`, a failed authentication (damaged or tampered
+ * ciphertext, or another key), an unencrypted object when `codec.dataKey` is set (an encrypted store
+ * holds nothing else), or a compressed payload that is malformed or would inflate beyond
+ * `maxLength` bytes. Does not check the bytes against their name: callers hash them.
+ */
+export function decodeChunkObject(object: Buffer, objectKey: string, codec: ObjectCodec = PLAIN_CODEC, maxLength = MAX_CHUNK_PAYLOAD): Buffer {
+  if (object.length < HEADER_LENGTH || object[0] !== MAGIC_0 || object[1] !== MAGIC_1) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} has no valid header`);
   }
   if (object[2] !== FORMAT_VERSION) {
-    throw new FerryError('corrupt-data', `stored chunk ${key} has unknown format version ${object[2]}`);
+    throw new FerryError('corrupt-data', `stored object ${objectKey} has unknown format version ${object[2]}`);
   }
-  if (object[3] !== ChunkCodec.None) {
-    throw new FerryError('corrupt-data', `stored chunk ${key} uses unknown codec ${object[3]}`);
+  const flags = object[3]!;
+  if ((flags & ~(COMPRESSED | ENCRYPTED)) !== 0) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} uses unknown codec ${flags}`);
   }
-  return object.subarray(4);
+  if (codec.dataKey !== null && !(flags & ENCRYPTED)) {
+    // An encrypted store never writes anything else, so a plain object there was put by someone else.
+    throw new FerryError('corrupt-data', `stored object ${objectKey} is not encrypted, in an encrypted store`);
+  }
+  let payload = object.subarray(HEADER_LENGTH);
+  if (flags & ENCRYPTED) payload = decrypt(object, payload, objectKey, codec.dataKey);
+  if (flags & COMPRESSED) payload = decompress(payload, objectKey, maxLength);
+  else if (payload.length > maxLength) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} holds ${payload.length} bytes, more than the ${maxLength} allowed`);
+  }
+  return payload;
+}
+
+/** The codec byte of a stored object (for tests and store statistics); null when the header is not valid. */
+export function codecOf(object: Uint8Array): number | null {
+  return object.length >= HEADER_LENGTH && object[0] === MAGIC_0 && object[1] === MAGIC_1 && object[2] === FORMAT_VERSION ? object[3]! : null;
+}
+
+function header(flags: number): Buffer {
+  return Buffer.from([MAGIC_0, MAGIC_1, FORMAT_VERSION, flags]);
+}
+
+function associatedData(head: Uint8Array, objectKey: string): Buffer {
+  return Buffer.concat([head, Buffer.from(objectKey, 'utf8')]);
+}
+
+/** A zstd frame of `data` if it is smaller than `data` and decompresses back to it exactly; null otherwise. */
+function compress(data: Uint8Array, level: number): Buffer | null {
+  compressionContext ??= new zstd.CCtx();
+  const frame = Buffer.allocUnsafe(zstd.compressBound(data.length));
+  const length = compressionContext.compress(frame, data, level);
+  if (length >= data.length) return null; // incompressible: storing it raw is smaller and faster to read
+  const compressed = frame.subarray(0, length);
+  decompressionContext ??= new zstd.DCtx();
+  const check = Buffer.allocUnsafe(data.length);
+  let roundTrip: number;
+  try {
+    roundTrip = decompressionContext.decompress(check, compressed);
+  } catch {
+    return null;
+  }
+  // A mismatch would be a compressor bug; the raw bytes are always right, so store those instead.
+  if (roundTrip !== data.length || !check.equals(data)) return null;
+  return Buffer.from(compressed); // a copy, so the compressBound-sized buffer is not kept alive
+}
+
+function decompress(frame: Buffer, objectKey: string, maxLength: number): Buffer {
+  let contentSize: number | null;
+  try {
+    contentSize = zstd.getFrameContentSize(frame);
+  } catch (error) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} has a malformed zstd frame: ${(error as Error).message}`);
+  }
+  // Every frame this code writes records its size; checking it first keeps a damaged or hostile frame
+  // from making us allocate more than the largest object there can be.
+  if (contentSize === null || contentSize > maxLength) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} has a zstd frame of ${contentSize === null ? 'unknown' : contentSize} bytes (at most ${maxLength} allowed)`);
+  }
+  decompressionContext ??= new zstd.DCtx();
+  const output = Buffer.allocUnsafe(contentSize);
+  let written: number;
+  try {
+    written = decompressionContext.decompress(output, frame);
+  } catch (error) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} does not decompress: ${(error as Error).message}`);
+  }
+  if (written !== contentSize) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} decompressed to ${written} bytes, its frame says ${contentSize}`);
+  }
+  return output;
+}
+
+function decrypt(object: Buffer, payload: Buffer, objectKey: string, dataKey: Buffer | null): Buffer {
+  if (dataKey === null) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} is encrypted, but the store was opened as unencrypted`);
+  }
+  if (payload.length < NONCE_LENGTH + TAG_LENGTH) {
+    throw new FerryError('corrupt-data', `stored object ${objectKey} is too short to be encrypted data (${payload.length} bytes)`);
+  }
+  const nonce = payload.subarray(0, NONCE_LENGTH);
+  const tag = payload.subarray(payload.length - TAG_LENGTH);
+  const decipher = createDecipheriv('aes-256-gcm', dataKey, nonce, { authTagLength: TAG_LENGTH });
+  decipher.setAAD(associatedData(object.subarray(0, HEADER_LENGTH), objectKey));
+  decipher.setAuthTag(tag);
+  const plain = decipher.update(payload.subarray(NONCE_LENGTH, payload.length - TAG_LENGTH));
+  try {
+    decipher.final();
+  } catch {
+    // The store's key was checked when it was opened, so a failure here is the object, not the key.
+    throw new FerryError('corrupt-data', `stored object ${objectKey} failed authentication: it was damaged, altered, or moved from another key`);
+  }
+  return plain;
 }

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { ensureDirectory, writeFileDurable } from '../util/durable-fs.js';
-import { assertValidKey, assertValidPrefix, type StoreBackend } from './backend.js';
+import { assertValidKey, assertValidPrefix, type ObjectStat, type StoreBackend } from './backend.js';
 
 /** A store backend keeping each object as a file under `root`. */
 export class FilesystemBackend implements StoreBackend {
@@ -61,6 +61,32 @@ export class FilesystemBackend implements StoreBackend {
       await fs.unlink(filePath);
     } catch (error) {
       if (!isAbsent(error)) throw ioError(`delete ${key}`, error);
+    }
+  }
+
+  async stat(key: string): Promise<ObjectStat | null> {
+    const filePath = this.pathOf(key);
+    try {
+      const stats = await fs.stat(filePath);
+      return stats.isFile() ? { size: stats.size, modifiedAt: stats.mtimeMs } : null;
+    } catch (error) {
+      if (isAbsent(error)) return null;
+      throw ioError(`stat ${key}`, error);
+    }
+  }
+
+  async touch(key: string): Promise<boolean> {
+    const filePath = this.pathOf(key);
+    try {
+      // A directory (a key prefix) is not an object, and utimes would happily touch one: look first.
+      // utimes never creates a file, so an object deleted in between comes back as ENOENT: absent.
+      if (!(await fs.stat(filePath)).isFile()) return false;
+      const now = new Date();
+      await fs.utimes(filePath, now, now);
+      return true;
+    } catch (error) {
+      if (isAbsent(error)) return false;
+      throw ioError(`touch ${key}`, error);
     }
   }
 

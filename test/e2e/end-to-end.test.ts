@@ -155,6 +155,18 @@ test('only chunks the server lacks are sent: unchanged cycles and identical disk
   const again = (await ferryJson(server, ['points', 'create', 'one', '--wait'])).point;
   assert.equal(again.disks[0].changedBytes, 0, 'nothing changed');
   assert.equal(again.disks[0].sentBytes, 0, 'so nothing is sent');
+  // The file has been quiet for a while now: the next cycle does not even read it.
+  await new Promise((resolve) => setTimeout(resolve, 2100));
+  await ferryJson(server, ['points', 'create', 'one', '--wait']);
+  const notRead = (await ferryJson(server, ['points', 'create', 'one', '--wait'])).point;
+  assert.match(notRead.note ?? '', /disk 0 unchanged since the last point \(file-ctime\): not read/);
+  await writeFilesInImage(original, [{ fsPath: '/data/note.txt', data: 'changed\n' }]);
+  const afterWrite = (await ferryJson(server, ['points', 'create', 'one', '--wait'])).point;
+  assert.doesNotMatch(afterWrite.note ?? '', /not read/, 'a written file is read again');
+  assert.ok(afterWrite.disks[0].changedBytes > 0);
+  const restoredOne = await ferryJson(server, ['failover', 'one', '--test', '--wait']);
+  assert.ok(await sameBytes(restoredOne.disks[0].path, original), 'the latest point is the file as written');
+  await ferryJson(server, ['failover', 'cleanup', 'one']);
 
   await ferryJson(server, ['protect', 'two', '--site', 'dr', '--wait']);
   const [twinPoint] = (await ferryJson(server, ['points', 'list', 'two'])).points;

@@ -247,7 +247,7 @@ describe('FerryCore protection and points', () => {
     assert.equal(machine.state, 'protecting');
     assert.equal(machine.site, 'dr');
     assert.equal(machine.policy, 'default');
-    assert.equal(machine.replication.state, 'replicating');
+    assert.equal(machine.replication.state, 'initial-replication');
     assert.equal(job.kind, 'initial-replication');
     assert.equal(job.state, 'queued');
     assert.equal(job.machine, 'web-01');

@@ -8,6 +8,8 @@ describe('lifecycle', () => {
   test('machines: unprotected -> protecting -> protected', () => {
     assert.equal(nextState(machineTransitions, "machine 'web-01'", 'unprotected', 'protect'), 'protecting');
     assert.equal(nextState(machineTransitions, "machine 'web-01'", 'protecting', 'initial-point-committed'), 'protected');
+    assert.equal(nextState(machineTransitions, "machine 'web-01'", 'protected', 'pause'), 'paused');
+    assert.equal(nextState(machineTransitions, "machine 'web-01'", 'paused', 'resume'), 'protected');
   });
 
   test('jobs: queued may start, be cancelled or fail; running may succeed, fail or be cancelled', () => {
@@ -42,7 +44,8 @@ describe('lifecycle', () => {
         assert.throws(() => nextState(jobTransitions, 'job j', state, event), ferryError('conflict', [`is ${state}`, 'nothing']));
       }
     }
-    assert.throws(() => nextState(machineTransitions, 'm', 'protected', 'protect'), ferryError('conflict', ['is protected', 'nothing']));
+    assert.throws(() => nextState(machineTransitions, 'm', 'protected', 'protect'), ferryError('conflict', ['is protected', 'allowed there: pause']));
+    assert.throws(() => nextState(machineTransitions, 'm', 'protecting', 'pause'), ferryError('conflict', ['is protecting', 'allowed there: initial-point-committed']));
   });
 
   test('the conflict details carry state, event and allowed events for programs', () => {

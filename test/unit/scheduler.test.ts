@@ -28,7 +28,7 @@ async function setUp(t: test.TestContext) {
   const { agentId } = await core.machines.registerAgent(principal, { agentName: 'a1', machines: [{ name: 'vm', disks: [{ path: '/dev/null', sizeBytes: 65536, error: null }] }] });
   await core.sites.create({ name: 'dr', driver: 'files', path: path.join(dataDir, 'site') });
   await core.policies.create({ name: 'hourly', intervalSeconds: 3600, retentionSeconds: 6 * 3600 });
-  const scheduler = new Scheduler(core.context, core.points);
+  const scheduler = new Scheduler(core.context, core.points, core.machines, core.events);
   const activeJobs = async () =>
     (await core.jobs.list({ activeOnly: true, limit: 10 })).filter((job) => job.machine === 'vm' && ['initial-replication', 'point'].includes(job.kind));
 
@@ -137,4 +137,48 @@ test('stopping the core ends agent long polls at once', async (t) => {
   setTimeout(() => core.beginShutdown(), 100);
   assert.deepEqual(await poll, []);
   assert.ok(Date.now() - started < 2000, `long poll ended after ${Date.now() - started} ms`);
+});
+
+test('pause stops new points (scheduled or asked for) and keeps the old ones; resume starts them again', async (t) => {
+  const { core, scheduler, activeJobs, commitActiveJob, advance } = await setUp(t);
+  await core.replication.protect('vm', { site: 'dr', policy: 'hourly' });
+  await commitActiveJob(1);
+  const paused = await core.machines.setPaused('vm', true);
+  assert.equal(paused.state, 'paused');
+  assert.equal(paused.replication.state, 'paused');
+  assert.equal(paused.health.level, 'warning');
+  await assert.rejects(core.points.request('vm'), /paused; run `ferry resume vm` first/);
+  await assert.rejects(core.machines.setPaused('vm', true), /is paused; cannot pause \(allowed there: resume\)/);
+  await advance(2 * 3600_000);
+  await scheduler.tick();
+  assert.equal((await activeJobs()).length, 0, 'nothing scheduled while paused');
+  assert.equal((await core.points.list('vm', 10)).length, 1, 'points are kept');
+  await core.machines.setPaused('vm', false);
+  await scheduler.tick();
+  assert.equal((await activeJobs()).length, 1, 'overdue point scheduled on resume');
+});
+
+test('health changes are recorded as alert events, once per change', async (t) => {
+  const { core, scheduler, agentId, activeJobs, commitActiveJob } = await setUp(t);
+  await core.replication.protect('vm', { site: 'dr', policy: 'hourly' });
+  await commitActiveJob(1);
+  await scheduler.recordHealthChanges();
+  await core.points.request('vm');
+  const [job] = await activeJobs();
+  await core.replication.start(agentId, job!.id);
+  await core.replication.fail(agentId, job!.id, { code: 'disk-unreadable', message: 'disk gone', retryable: true });
+  await scheduler.recordHealthChanges();
+  await scheduler.recordHealthChanges();
+  const alerts = await core.events.list({ limit: 50, alertsOnly: true });
+  const healthAlerts = alerts.filter((event) => event.code === 'health-changed');
+  assert.equal(healthAlerts.length, 1, 'one alert for one change');
+  assert.match(healthAlerts[0]!.message, /vm: health healthy -> critical: replication failing: disk gone/);
+  assert.ok(alerts.every((event) => event.severity !== 'info'));
+});
+
+test('ETA follows the pace so far', async () => {
+  const { estimateSeconds } = await import('../../src/orchestration/machines.js');
+  assert.equal(estimateSeconds({ started_at: 0, done_bytes: 25, total_bytes: 100 }, 10_000), 30);
+  assert.equal(estimateSeconds({ started_at: 0, done_bytes: 0, total_bytes: 100 }, 10_000), null);
+  assert.equal(estimateSeconds({ started_at: null, done_bytes: 5, total_bytes: 100 }, 10_000), null);
 });

@@ -10,6 +10,8 @@ import { FerryError } from '../../src/errors.js';
 import type { StoreBackend } from '../../src/store/backend.js';
 import { collect, ferryError } from './helpers.js';
 
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
 /** A backend under test and how to dispose of whatever it holds. */
 export interface BackendUnderTest {
   backend: StoreBackend;
@@ -196,6 +198,65 @@ export function storeBackendConformance(name: string, makeBackend: () => Promise
           });
         }
       }
+    });
+
+    contract('stat gives the size of an object and null for a missing key or a prefix of a stored key', async (backend) => {
+      const before = Date.now();
+      await backend.put('chunks/ab/ab01', randomBytes(1234));
+      await backend.put('empty', new Uint8Array(0));
+      const after = Date.now();
+      const stat = await backend.stat('chunks/ab/ab01');
+      assert.ok(stat, 'an object that was put has a stat');
+      assert.equal(stat.size, 1234);
+      // modifiedAt may be rounded down to the medium's resolution (whole seconds at worst).
+      assert.ok(stat.modifiedAt >= before - 2000 && stat.modifiedAt <= after + 1000, `modifiedAt ${stat.modifiedAt} should lie around [${before}, ${after}]`);
+      assert.equal((await backend.stat('empty'))?.size, 0);
+      assert.equal(await backend.stat('chunks/ab/ab02'), null);
+      assert.equal(await backend.stat('chunks/ab'), null);
+      assert.equal(await backend.stat('chunks'), null);
+      await backend.delete('chunks/ab/ab01');
+      assert.equal(await backend.stat('chunks/ab/ab01'), null);
+    });
+
+    contract('touch of a missing key or a prefix resolves false and creates nothing', async (backend) => {
+      assert.equal(await backend.touch('chunks/ab/ab01'), false);
+      assert.deepEqual(await collect(backend.list('')), []);
+      await backend.put('chunks/ab/ab02', Buffer.from('data'));
+      assert.equal(await backend.touch('chunks/ab'), false);
+      assert.equal(await backend.touch('chunks/ab/ab01'), false);
+      assert.deepEqual(await collect(backend.list('')), ['chunks/ab/ab02']);
+      assert.equal(await backend.has('chunks/ab/ab01'), false);
+    });
+
+    // Garbage collection keeps objects touched after its cutoff; a touch that did not move modifiedAt
+    // forward would let it delete a chunk a client was just told exists.
+    contract('touch moves modifiedAt forward and leaves the bytes alone', async (backend) => {
+      const data = randomBytes(2048);
+      await backend.put('chunks/cd/cd01', data);
+      const first = await backend.stat('chunks/cd/cd01');
+      await sleep(1100); // longer than the coarsest timestamp resolution a backend may have
+      const touchedAt = Date.now();
+      assert.equal(await backend.touch('chunks/cd/cd01'), true);
+      const second = await backend.stat('chunks/cd/cd01');
+      assert.ok(first && second);
+      assert.ok(second.modifiedAt > first.modifiedAt, `modifiedAt should move forward: ${first.modifiedAt} -> ${second.modifiedAt}`);
+      assert.ok(second.modifiedAt >= touchedAt - 1000, `modifiedAt ${second.modifiedAt} should be about the touch (${touchedAt})`);
+      assert.equal(second.size, data.length);
+      assert.deepEqual(await backend.get('chunks/cd/cd01'), data);
+    });
+
+    contract('invalid keys are refused by stat and touch as a caller error', async (backend) => {
+      for (const key of invalidKeys) {
+        for (const [operation, run] of [['stat', () => backend.stat(key)], ['touch', () => backend.touch(key)]] as const) {
+          await assert.rejects(run(), (error: unknown) => {
+            assert.ok(error instanceof FerryError, `${operation}('${key}') should throw a FerryError, got ${String(error)}`);
+            assert.equal(error.code, 'invalid-request', `${operation}('${key}')`);
+            assert.equal(error.retryable, false);
+            return true;
+          });
+        }
+      }
+      assert.deepEqual(await collect(backend.list('')), []);
     });
 
     contract('a put in progress never shows a partial object to list, has or get', async (backend) => {

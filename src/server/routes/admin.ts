@@ -7,7 +7,11 @@ import { policyView } from '../../orchestration/policies.js';
 import { z } from 'zod';
 import { parse } from '../http-errors.js';
 
-const eventsQuery = z.object({ machine: z.string().optional(), limit: z.coerce.number().int().min(1).max(1000).default(100) });
+const eventsQuery = z.object({
+  machine: z.string().optional(),
+  alerts: z.enum(['true', 'false']).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
 
 export function adminRoutes(app: FastifyInstance, core: FerryCore): void {
   app.post('/api/v1/tokens', async (request, reply) => {
@@ -30,6 +34,6 @@ export function adminRoutes(app: FastifyInstance, core: FerryCore): void {
   app.get('/api/v1/events', async (request) => {
     const query = parse(eventsQuery, request.query, 'query');
     const machineId = query.machine ? (await core.machines.get(query.machine)).id : undefined;
-    return { events: await core.events.list({ machineId, limit: query.limit }) };
+    return { events: await core.events.list({ machineId, limit: query.limit, alertsOnly: query.alerts === 'true' }) };
   });
 }

@@ -56,7 +56,7 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
   app.post('/api/v1/chunks/missing', agentOnly, async (request) => {
     await agentOf(request);
     const { hashes } = parse(missingChunksRequest, request.body, 'chunk query');
-    return { missing: await core.context.store.missingChunks(hashes) };
+    return { missing: await core.storeGuard.missingChunks(hashes) };
   });
 
   // Verify every frame before storing any: a batch with one bad chunk stores nothing.
@@ -73,7 +73,7 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
       if (isAllZero(frame.data)) throw new FerryError('invalid-request', `chunk ${frame.hashHex} is all zeros; zero chunks are never stored`);
     }
     let stored = 0;
-    for (const frame of frames) if ((await core.context.store.putChunk(frame.hashHex, frame.data)) === 'stored') stored++;
+    for (const frame of frames) if ((await core.storeGuard.putChunk(frame.hashHex, frame.data)) === 'stored') stored++;
     return { received: frames.length, stored };
   });
 
@@ -81,7 +81,7 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
   app.post('/api/v1/indexes', { ...agentOnly, bodyLimit: MAX_INDEX_BYTES }, async (request) => {
     await agentOf(request);
     const index = DiskIndex.decode(bodyBuffer(request), 'upload');
-    return { indexHash: await core.context.store.putIndex(index) };
+    return { indexHash: await core.storeGuard.putIndex(index) };
   });
 
   app.post('/api/v1/agent/points', agentOnly, async (request, reply) => {

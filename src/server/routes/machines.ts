@@ -18,6 +18,9 @@ export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
     return reply.status(202).send(result);
   });
 
+  app.post('/api/v1/machines/:name/pause', async (request) => core.machines.setPaused(machineName(request.params), true));
+  app.post('/api/v1/machines/:name/resume', async (request) => core.machines.setPaused(machineName(request.params), false));
+
   app.get('/api/v1/machines/:name/points', async (request) => {
     const query = parse(listPointsQuery, request.query, 'query');
     return { points: await core.points.list(machineName(request.params), query.limit) };

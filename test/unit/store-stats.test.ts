@@ -1,0 +1,82 @@
+/** Store statistics on a small data set whose every number is known. */
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ChunkStore } from '../../src/store/chunk-store.js';
+import { hashChunk } from '../../src/store/chunking.js';
+import { DiskIndex } from '../../src/store/disk-index.js';
+import { FilesystemBackend } from '../../src/store/fs-backend.js';
+import { type PointForStats, storeStats } from '../../src/store/stats.js';
+import { tempDirFor } from './helpers.js';
+
+const CHUNK = 4096;
+
+test('storeStats: logical sizes, unique and stored bytes, unreferenced objects and ratios', async (t) => {
+  const store = new ChunkStore(new FilesystemBackend(path.join(await tempDirFor(t), 'store')));
+  const chunk = async () => {
+    const data = randomBytes(CHUNK);
+    const hash = hashChunk(data).toString('hex');
+    await store.putChunk(hash, data);
+    return hash;
+  };
+  const index = async (hashes: (string | null)[]) => {
+    const built = DiskIndex.empty(hashes.length * CHUNK, CHUNK);
+    hashes.forEach((hash, position) => hash && built.setHash(position, Buffer.from(hash, 'hex')));
+    return store.putIndex(built);
+  };
+  const size = async (key: string) => (await store.backend.stat(key))!.size;
+
+  const [r1, r2, r3, r4, garbage] = [await chunk(), await chunk(), await chunk(), await chunk(), await chunk()];
+  const first = await index([r1, r2, null, r3]); // 16 KiB disk, 12 KiB of data
+  const second = await index([r1, r2, r4, null]); // the same disk later: one chunk changed
+  const orphan = await index([garbage]); // uploaded by a cycle that never committed
+  const points: PointForStats[] = [
+    { machine: 'vm', pointId: 'p1', takenAt: 1, disks: [{ indexHash: first, sizeBytes: 4 * CHUNK }] },
+    { machine: 'vm', pointId: 'p2', takenAt: 2, disks: [{ indexHash: second, sizeBytes: 4 * CHUNK }] },
+    // Two identical disks (a mirror): both name the same index.
+    { machine: 'twin', pointId: 'p3', takenAt: 1, disks: [{ indexHash: first, sizeBytes: 4 * CHUNK }, { indexHash: first, sizeBytes: 4 * CHUNK }] },
+  ];
+
+  const referencedChunkBytes = (await Promise.all([r1, r2, r3, r4].map((hash) => size(store.chunkObjectKey(hash))))).reduce((a, b) => a + b, 0);
+  const garbageBytes = await size(store.chunkObjectKey(garbage));
+  const indexBytes = [await size(store.indexObjectKey(first)), await size(store.indexObjectKey(second)), await size(store.indexObjectKey(orphan))];
+
+  const stats = await storeStats(store, points);
+  assert.deepEqual(stats, {
+    points: 3,
+    machines: 2,
+    logicalBytes: 4 * 4 * CHUNK, // four disks of 16 KiB
+    latestLogicalBytes: 3 * 4 * CHUNK, // vm's p2 and twin's two disks
+    logicalDataBytes: 4 * 3 * CHUNK, // every disk holds three non-zero chunks
+    uniqueChunks: 4,
+    uniqueChunkBytes: 4 * CHUNK,
+    referencedIndexes: 2,
+    unreadableIndexes: 0,
+    stored: {
+      chunks: 5,
+      chunkBytes: referencedChunkBytes + garbageBytes,
+      indexes: 3,
+      indexBytes: indexBytes[0]! + indexBytes[1]! + indexBytes[2]!,
+      totalBytes: referencedChunkBytes + garbageBytes + indexBytes[0]! + indexBytes[1]! + indexBytes[2]!,
+    },
+    referencedStoredChunkBytes: referencedChunkBytes,
+    unreferenced: { chunks: 1, chunkBytes: garbageBytes, indexes: 1, indexBytes: indexBytes[2]! },
+    dedupeRatio: 3, // 48 KiB of disk data held in 16 KiB of unique chunks
+    compressionRatio: Math.round(((4 * CHUNK) / referencedChunkBytes) * 1000) / 1000,
+  });
+  assert.ok(stats.compressionRatio! > 0.9 && stats.compressionRatio! <= 1, 'uncompressed chunks: ratio just under 1 (object headers)');
+});
+
+test('storeStats of an empty store has no ratios; an unreadable index is counted, not fatal', async (t) => {
+  const store = new ChunkStore(new FilesystemBackend(path.join(await tempDirFor(t), 'store')));
+  const empty = await storeStats(store, []);
+  assert.equal(empty.points, 0);
+  assert.equal(empty.stored.totalBytes, 0);
+  assert.equal(empty.dedupeRatio, null);
+  assert.equal(empty.compressionRatio, null);
+  const lost = await storeStats(store, [{ machine: 'vm', pointId: 'p1', takenAt: 1, disks: [{ indexHash: 'a'.repeat(64), sizeBytes: 100 }] }]);
+  assert.equal(lost.unreadableIndexes, 1);
+  assert.equal(lost.logicalBytes, 100);
+  assert.equal(lost.uniqueChunks, 0);
+});
