@@ -15,6 +15,7 @@ import { createLogger, type Logger } from '../util/logger.js';
 import { sleep } from '../util/time.js';
 import { AgentState } from './agent-state.js';
 import { replicateMachine } from './replicator.js';
+import { RateLimiter } from './rate-limiter.js';
 import { removeStaleClones } from './snapshots.js';
 
 /** A machine this agent serves, with its disks in order. */
@@ -35,6 +36,8 @@ export interface AgentOptions {
   concurrency?: number;
   /** Longest a file system may stay frozen for a snapshot (default 60 s). */
   maxFreezeSeconds?: number;
+  /** Most chunk bytes sent per second, across all jobs (default: no limit). */
+  maxRateBytesPerSecond?: number;
 }
 
 export type AgentLifecycle = 'starting' | 'running' | 'stopping' | 'stopped';
@@ -56,12 +59,14 @@ export class Agent {
   private readonly log: Logger;
   private readonly store: AgentState;
   private readonly concurrency: number;
+  private readonly rateLimiter?: RateLimiter;
 
   constructor(private readonly options: AgentOptions) {
     this.client = new ApiClient({ baseUrl: options.serverUrl, token: options.token });
     this.log = createLogger('agent');
     this.store = new AgentState(options.dataDir);
     this.concurrency = options.concurrency ?? 2;
+    if (options.maxRateBytesPerSecond) this.rateLimiter = new RateLimiter(options.maxRateBytesPerSecond);
   }
 
   /** Registers, then serves jobs until `stop()`. */
@@ -150,6 +155,7 @@ export class Agent {
         signal: this.abort.signal,
         dataDir: this.options.dataDir,
         maxFreezeSeconds: this.options.maxFreezeSeconds ?? 60,
+        rateLimiter: this.rateLimiter,
       });
       this.log.info({ jobId: job.id, pointId: point.id, machine: job.machine.name, ms: Date.now() - started }, `point ${point.id} committed`);
     } catch (error) {

@@ -18,6 +18,7 @@ import type { Logger } from '../util/logger.js';
 import type { AgentState } from './agent-state.js';
 import { type TrackerMark, trackerFor } from './change-tracking.js';
 import { runHook } from './hooks.js';
+import type { RateLimiter } from './rate-limiter.js';
 import { type DiskSnapshot, snapshotDisks } from './snapshots.js';
 
 /** Chunks read, hashed and sent together. */
@@ -35,6 +36,8 @@ export interface ReplicationDeps {
   dataDir: string;
   /** Longest a file system may stay frozen for a snapshot. */
   maxFreezeSeconds: number;
+  /** Limits the chunk bytes sent per second, when set. */
+  rateLimiter?: RateLimiter;
 }
 
 /** Runs one replication job to a committed point. Throws FerryError on failure. */
@@ -106,6 +109,8 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
           : await readDisk(source, job.chunkSize, previous, {
               call,
               client: deps.client,
+              rateLimiter: deps.rateLimiter,
+              signal: deps.signal,
               onProgress: (doneBytes) => progress.report(doneBefore + doneBytes, `reading disk ${disk.position}`),
             });
         if (unchanged) notes.push(`disk ${disk.position} unchanged since the last point (${trackers[position]!.name}): not read`);
@@ -165,6 +170,8 @@ export function labelConsistency(snapshot: Pick<DiskSnapshot, 'method' | 'atOneI
 interface ReadDeps {
   call: <T>(operation: () => Promise<T>) => Promise<T>;
   client: ApiClient;
+  rateLimiter?: RateLimiter;
+  signal?: AbortSignal;
   onProgress: (doneBytes: number) => void;
 }
 
@@ -227,6 +234,7 @@ async function uploadMissing(candidates: { hash: Buffer; data: Buffer }[], deps:
   const send = async () => {
     if (batch.length === 0) return;
     const body = encodeChunkBatch(batch);
+    await deps.rateLimiter?.take(body.length, deps.signal);
     await deps.call(() => deps.client.postBinary('/chunks', body));
     sentBytes += batch.reduce((total, chunk) => total + chunk.data.length, 0);
     batch = [];

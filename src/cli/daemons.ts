@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import type { AgentMachine } from '../agent/agent.js';
 import { FerryError } from '../errors.js';
+import { parseRate } from '../agent/rate-limiter.js';
 import { parseDuration } from '../util/duration.js';
 import { defaultDataDir } from './context.js';
 
@@ -60,7 +61,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--data-dir <dir>', "the agent's own state directory", 'ferry-agent')
     .option('--name <name>', 'agent name (default: host name)')
     .option('--max-freeze <duration>', 'longest a file system may stay frozen while its disk is read', '60s')
-    .action(async (options: { machine: AgentMachine[]; dataDir: string; name?: string; maxFreeze: string }, command: Command) => {
+    .option('--max-rate <rate>', 'most data sent per second, e.g. 20M (bytes) or 100mbit (default: no limit)')
+    .action(async (options: { machine: AgentMachine[]; dataDir: string; name?: string; maxFreeze: string; maxRate?: string }, command: Command) => {
       const globals = command.optsWithGlobals<{ server?: string; token?: string }>();
       const serverUrl = globals.server ?? process.env.FERRY_SERVER;
       const token = globals.token ?? process.env.FERRY_TOKEN;
@@ -73,6 +75,7 @@ export function registerDaemonCommands(program: Command): void {
         machines: options.machine,
         name: options.name,
         maxFreezeSeconds: parseDuration(options.maxFreeze, '--max-freeze'),
+        ...(options.maxRate ? { maxRateBytesPerSecond: parseRate(options.maxRate) } : {}),
       });
       onShutdown(() => agent.stop());
       await agent.run();

@@ -128,11 +128,14 @@ export async function startServer(t: TestContext, dataDir: string, options: { po
 }
 
 /** Starts `ferry agent` for `machines` ({ name: [disk paths] }). */
-export function startAgent(t: TestContext, options: { url: string; token: string; dataDir: string; machines: Record<string, string[]>; name?: string }): Daemon {
+export function startAgent(
+  t: TestContext,
+  options: { url: string; token: string; dataDir: string; machines: Record<string, string[]>; name?: string; extraArgs?: string[] },
+): Daemon {
   const machineArgs = Object.entries(options.machines).flatMap(([name, disks]) => ['--machine', `${name}=${disks.join(',')}`]);
   return startDaemon(
     t,
-    ['agent', '--server', options.url, '--token', options.token, '--data-dir', options.dataDir, '--name', options.name ?? 'test-agent', ...machineArgs],
+    ['agent', '--server', options.url, '--token', options.token, '--data-dir', options.dataDir, '--name', options.name ?? 'test-agent', ...machineArgs, ...(options.extraArgs ?? [])],
     `${options.dataDir}.log`,
   );
 }
@@ -186,10 +189,16 @@ export async function ferryJson<T = any>(server: { url: string; adminToken: stri
 }
 
 /** Creates an agent token, starts an agent for `machines`, and waits until the server knows them all. */
-export async function connectAgent(t: TestContext, server: TestServer, root: string, machines: Record<string, string[]>): Promise<{ agent: Daemon; token: string; agentDir: string }> {
+export async function connectAgent(
+  t: TestContext,
+  server: TestServer,
+  root: string,
+  machines: Record<string, string[]>,
+  extraArgs: string[] = [],
+): Promise<{ agent: Daemon; token: string; agentDir: string }> {
   const { token } = await server.admin.post<{ token: string }>('/tokens', { role: 'agent' });
   const agentDir = path.join(root, 'agent');
-  const agent = startAgent(t, { url: server.url, token, dataDir: agentDir, machines });
+  const agent = startAgent(t, { url: server.url, token, dataDir: agentDir, machines, extraArgs });
   await waitFor(async () => {
     const { machines: known } = await server.admin.get<{ machines: { name: string }[] }>('/machines');
     return Object.keys(machines).every((name) => known.some((machine) => machine.name === name));
