@@ -1,5 +1,8 @@
 #!/usr/bin/env node
 // Entry point of the `ferry` command: runs the compiled CLI (built by `npm install` via the prepare script).
+// File system calls (writes, fsyncs of many chunks at once) run on libuv's thread pool: four threads,
+// the default, would serialise them. Set before anything uses the pool.
+process.env.UV_THREADPOOL_SIZE ??= '32';
 import('../dist/cli/main.js').then((cli) => cli.main(process.argv)).catch((error) => {
   if (error && error.code === 'ERR_MODULE_NOT_FOUND' && String(error.message).includes('dist/cli/main.js')) {
     console.error('ferry: not built yet; run `npm install` (or `npm run build`) in the repository first');

@@ -21,8 +21,10 @@ import { runHook } from './hooks.js';
 import type { RateLimiter } from './rate-limiter.js';
 import { type DiskSnapshot, snapshotDisks } from './snapshots.js';
 
-/** Chunks read, hashed and sent together. */
-const WINDOW_CHUNKS = 64;
+/** Chunks read, hashed and sent together (16 MiB at 64 KiB chunks). */
+const WINDOW_CHUNKS = 256;
+/** Windows being sent while the next is read and hashed: keeps disk, CPU and network busy at once. */
+const UPLOADS_IN_FLIGHT = 3;
 /** How long one request may keep failing (server restarting, network down) before the cycle gives up. */
 const REQUEST_DEADLINE_MS = 10 * 60_000;
 
@@ -190,7 +192,7 @@ async function readDisk(
   const sentThisCycle = new Set<string>();
   let changedBytes = 0;
   let sentBytes = 0;
-  let upload: Promise<void> = Promise.resolve();
+  const uploads: Promise<number>[] = [];
 
   for (let first = 0; first < index.chunkCount; first += WINDOW_CHUNKS) {
     const last = Math.min(first + WINDOW_CHUNKS, index.chunkCount);
@@ -216,11 +218,16 @@ async function readDisk(
       candidates.push({ hash, data });
     }
 
-    await upload; // at most one window in flight while the next is read
-    upload = candidates.length ? uploadMissing(candidates, deps).then((sent) => void (sentBytes += sent)) : Promise.resolve();
+    if (candidates.length) {
+      const upload = uploadMissing(candidates, deps);
+      upload.catch(() => undefined); // a failure is rethrown where the upload is awaited, in order
+      uploads.push(upload);
+    }
+    // Bounded memory: at most UPLOADS_IN_FLIGHT windows are held while their chunks are sent.
+    while (uploads.length >= UPLOADS_IN_FLIGHT) sentBytes += await uploads.shift()!;
     deps.onProgress(windowOffset + windowLength);
   }
-  await upload;
+  for (const upload of uploads) sentBytes += await upload;
   return { index, changedBytes, sentBytes };
 }
 

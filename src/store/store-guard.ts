@@ -18,13 +18,15 @@
  */
 import { FerryError } from '../errors.js';
 import { type ChunkStore, mapLimited } from './chunk-store.js';
-import { isHashHex } from './chunking.js';
+import { hashChunk, isAllZero, isHashHex } from './chunking.js';
 import type { DiskIndex } from './disk-index.js';
 
 /** How many objects one request touches under one hold of the shared lock. */
 const TOUCH_BATCH = 4096;
 /** How many touches are in flight at once. */
 const TOUCH_CONCURRENCY = 32;
+/** How many chunks of one upload batch are written at once. */
+const PUT_CONCURRENCY = 32;
 /** A stored object that vanishes right after it was written or checked is retried this often. */
 const VANISHED_RETRIES = 3;
 
@@ -68,6 +70,25 @@ export class StoreGuard {
       if (await this.lock.shared(() => this.store.backend.touch(this.store.chunkObjectKey(hashHex)))) return outcome;
       if (attempt >= VANISHED_RETRIES) throw vanished(`chunk ${hashHex}`);
     }
+  }
+
+  /**
+   * Stores a batch of uploaded chunks: every chunk is checked first (bytes hash to their name, not all
+   * zeros), so a batch with one bad chunk stores nothing; then they are stored several at a time, so
+   * the file system can commit their fsyncs together instead of one after another.
+   */
+  async putChunkBatch(frames: readonly { hashHex: string; data: Uint8Array }[]): Promise<{ received: number; stored: number }> {
+    for (const frame of frames) {
+      const actual = hashChunk(frame.data).toString('hex');
+      if (actual !== frame.hashHex) {
+        throw new FerryError('chunk-hash-mismatch', `chunk sent as ${frame.hashHex} hashes to ${actual}; batch rejected, nothing stored`, {
+          details: { expected: frame.hashHex, actual },
+        });
+      }
+      if (isAllZero(frame.data)) throw new FerryError('invalid-request', `chunk ${frame.hashHex} is all zeros; zero chunks are never stored`);
+    }
+    const outcomes = await mapLimited(frames, PUT_CONCURRENCY, (frame) => this.putChunk(frame.hashHex, frame.data));
+    return { received: frames.length, stored: outcomes.filter((outcome) => outcome === 'stored').length };
   }
 
   /**

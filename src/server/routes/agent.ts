@@ -15,7 +15,6 @@ import {
   registerAgentRequest,
   workQuery,
 } from '../../protocol/requests.js';
-import { hashChunk, isAllZero } from '../../store/chunking.js';
 import { DiskIndex } from '../../store/disk-index.js';
 import { parse } from '../http-errors.js';
 
@@ -59,22 +58,9 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
     return { missing: await core.storeGuard.missingChunks(hashes) };
   });
 
-  // Verify every frame before storing any: a batch with one bad chunk stores nothing.
   app.post('/api/v1/chunks', agentOnly, async (request) => {
     await agentOf(request);
-    const frames = decodeChunkBatch(bodyBuffer(request));
-    for (const frame of frames) {
-      const actual = hashChunk(frame.data).toString('hex');
-      if (actual !== frame.hashHex) {
-        throw new FerryError('chunk-hash-mismatch', `chunk sent as ${frame.hashHex} hashes to ${actual}; batch rejected, nothing stored`, {
-          details: { expected: frame.hashHex, actual },
-        });
-      }
-      if (isAllZero(frame.data)) throw new FerryError('invalid-request', `chunk ${frame.hashHex} is all zeros; zero chunks are never stored`);
-    }
-    let stored = 0;
-    for (const frame of frames) if ((await core.storeGuard.putChunk(frame.hashHex, frame.data)) === 'stored') stored++;
-    return { received: frames.length, stored };
+    return core.storeGuard.putChunkBatch(decodeChunkBatch(bodyBuffer(request)));
   });
 
   // An index is 32 bytes per chunk: 256 MiB covers a 512 GiB disk at 64 KiB chunks.
