@@ -3,6 +3,7 @@
  * verification and garbage collection. Shared by the server (which validates with the schemas) and
  * the CLI (which prints the views).
  */
+import type { StoreStats } from '../store/stats.js';
 import { z } from 'zod';
 
 /** `POST /store/verify`: `deep` reads every chunk back and re-hashes it (default: only check it exists). */
@@ -68,21 +69,7 @@ export interface StoreGcView {
   interrupted: boolean;
 }
 
-/** `GET /store/stats`. Definitions in docs/architecture.md ("Store statistics"). */
-export interface StoreStatsView {
+/** `GET /store/stats`: the store's numbers (definitions in docs/architecture.md, "Store statistics") and where it is. */
+export interface StoreStatsView extends StoreStats {
   location: string;
-  points: number;
-  machines: number;
-  logicalBytes: number;
-  latestLogicalBytes: number;
-  logicalDataBytes: number;
-  uniqueChunks: number;
-  uniqueChunkBytes: number;
-  referencedIndexes: number;
-  unreadableIndexes: number;
-  stored: { chunks: number; chunkBytes: number; indexes: number; indexBytes: number; totalBytes: number };
-  referencedStoredChunkBytes: number;
-  unreferenced: { chunks: number; chunkBytes: number; indexes: number; indexBytes: number };
-  dedupeRatio: number | null;
-  compressionRatio: number | null;
 }

@@ -15,7 +15,7 @@ import { DiskIndex } from '../../src/store/disk-index.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { collectGarbage } from '../../src/store/garbage-collector.js';
 import { StoreGuard } from '../../src/store/store-guard.js';
-import { collect, ferryError, tempDirFor } from './helpers.js';
+import { collect, ferryError, publishIndex, storeRandomChunk, tempDirFor } from './helpers.js';
 
 const CHUNK = 4096;
 const HOUR = 3600_000;
@@ -30,18 +30,9 @@ async function freshStore(t: TestContext) {
     await fs.utimes(path.join(root, ...key.split('/')), when, when);
   };
   /** Stores a random chunk and returns its hash. */
-  const chunk = async () => {
-    const data = randomBytes(CHUNK);
-    const hash = hashChunk(data).toString('hex');
-    await store.putChunk(hash, data);
-    return hash;
-  };
+  const chunk = () => storeRandomChunk(store, CHUNK);
   /** Publishes an index of the given chunks (null = zero chunk) and returns its name. */
-  const index = async (hashes: (string | null)[]) => {
-    const built = DiskIndex.empty(hashes.length * CHUNK, CHUNK);
-    hashes.forEach((hash, position) => hash && built.setHash(position, Buffer.from(hash, 'hex')));
-    return store.putIndex(built);
-  };
+  const index = (hashes: (string | null)[]) => publishIndex(store, hashes, CHUNK);
   /** Every object in the store. */
   const objects = async () => (await collect(store.backend.list(''))).sort();
   /** Ages every object in the store to `ms`. */

@@ -76,3 +76,21 @@ export async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
   for await (const item of iterable) items.push(item);
   return items;
 }
+
+/** Stores `length` random bytes as a chunk in `store` and returns its name. */
+export async function storeRandomChunk(store: ChunkStore, length: number): Promise<string> {
+  const data = randomBytes(length);
+  const hash = hashChunk(data).toString('hex');
+  await store.putChunk(hash, data);
+  return hash;
+}
+
+/**
+ * Publishes an index naming `hashes` (null for a zero chunk) in `chunkSize` chunks, the last one
+ * `lastLength` bytes long, and returns the index's name.
+ */
+export async function publishIndex(store: ChunkStore, hashes: readonly (string | null)[], chunkSize: number, lastLength = chunkSize): Promise<string> {
+  const built = DiskIndex.empty((hashes.length - 1) * chunkSize + lastLength, chunkSize);
+  hashes.forEach((hash, position) => hash && built.setHash(position, Buffer.from(hash, 'hex')));
+  return store.putIndex(built);
+}

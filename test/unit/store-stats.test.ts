@@ -1,30 +1,18 @@
 /** Store statistics on a small data set whose every number is known. */
-import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChunkStore } from '../../src/store/chunk-store.js';
-import { hashChunk } from '../../src/store/chunking.js';
-import { DiskIndex } from '../../src/store/disk-index.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { type PointForStats, storeStats } from '../../src/store/stats.js';
-import { tempDirFor } from './helpers.js';
+import { publishIndex, storeRandomChunk, tempDirFor } from './helpers.js';
 
 const CHUNK = 4096;
 
 test('storeStats: logical sizes, unique and stored bytes, unreferenced objects and ratios', async (t) => {
   const store = new ChunkStore(new FilesystemBackend(path.join(await tempDirFor(t), 'store')));
-  const chunk = async () => {
-    const data = randomBytes(CHUNK);
-    const hash = hashChunk(data).toString('hex');
-    await store.putChunk(hash, data);
-    return hash;
-  };
-  const index = async (hashes: (string | null)[]) => {
-    const built = DiskIndex.empty(hashes.length * CHUNK, CHUNK);
-    hashes.forEach((hash, position) => hash && built.setHash(position, Buffer.from(hash, 'hex')));
-    return store.putIndex(built);
-  };
+  const chunk = () => storeRandomChunk(store, CHUNK);
+  const index = (hashes: (string | null)[]) => publishIndex(store, hashes, CHUNK);
   const size = async (key: string) => (await store.backend.stat(key))!.size;
 
   const [r1, r2, r3, r4, garbage] = [await chunk(), await chunk(), await chunk(), await chunk(), await chunk()];

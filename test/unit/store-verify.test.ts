@@ -2,17 +2,14 @@
  * Store verification over a real FilesystemBackend: a missing chunk, a chunk with one flipped byte, a
  * missing and a damaged index are each found and named with exactly the points that need them.
  */
-import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChunkStore } from '../../src/store/chunk-store.js';
-import { hashChunk } from '../../src/store/chunking.js';
-import { DiskIndex } from '../../src/store/disk-index.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { type PointToVerify, verifyStore } from '../../src/store/verify.js';
-import { tempDirFor } from './helpers.js';
+import { publishIndex, storeRandomChunk, tempDirFor } from './helpers.js';
 
 const CHUNK = 4096;
 
@@ -25,17 +22,11 @@ async function fixture(t: TestContext) {
   const store = new ChunkStore(new FilesystemBackend(root));
   const chunks = new Map<string, number>();
   const chunk = async (length = CHUNK) => {
-    const data = randomBytes(length);
-    const hash = hashChunk(data).toString('hex');
-    await store.putChunk(hash, data);
+    const hash = await storeRandomChunk(store, length);
     chunks.set(hash, length);
     return hash;
   };
-  const index = async (hashes: (string | null)[], lastLength = CHUNK) => {
-    const built = DiskIndex.empty((hashes.length - 1) * CHUNK + lastLength, CHUNK);
-    hashes.forEach((hash, position) => hash && built.setHash(position, Buffer.from(hash, 'hex')));
-    return store.putIndex(built);
-  };
+  const index = (hashes: (string | null)[], lastLength = CHUNK) => publishIndex(store, hashes, CHUNK, lastLength);
   const shared = await chunk();
   const onlyP1 = await chunk();
   const onlyP2 = await chunk(1000); // a short last chunk
