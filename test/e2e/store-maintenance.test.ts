@@ -94,7 +94,8 @@ test('gc during replication keeps every point intact; stats show dedupe; verify 
   await randomDisk(twinA, TWIN_BYTES);
   await fs.copyFile(twinA, twinB); // two identical disks: stored once
   const server = await startServer(t, path.join(root, 'server'));
-  const { token } = await connectAgent(t, server, root, { vm: [disk], twin: [twinA, twinB] });
+  // Throttled, so point 2's cycle lasts long enough for several collections whatever the machine's speed.
+  const { token } = await connectAgent(t, server, root, { vm: [disk], twin: [twinA, twinB] }, ['--max-rate', '8M']);
   await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
 
   // Point 1 of vm, and twin's one point.
