@@ -45,18 +45,30 @@ export function registerAdminCommands(program: Command): void {
     .requiredOption('--interval <duration>', 'time between recovery points (at least 30s), e.g. 5m')
     .option('--app-interval <duration>', 'time between application-consistent points, whose hooks run (default: every point)')
     .requiredOption('--retention <duration>', 'how long points are kept, e.g. 24h or 30d')
+    .option('--keep-all <duration>', 'every point younger than this is kept (default: 6h, or the retention)')
+    .option('--hourly-for <duration>', 'up to this age one point per hour is kept, beyond it one per day (default: 7d, or the retention)')
+    .option('--app-retention <duration>', 'application-consistent points younger than this are all kept, even past the retention')
     .option('--rpo-threshold <duration>', 'RPO above which the machine is unhealthy (default: twice the interval, at least 1m)')
-    .action(async (name: string, options: { interval: string; appInterval?: string; retention: string; rpoThreshold?: string }, command: Command) => {
+    .action(
+      async (
+        name: string,
+        options: { interval: string; appInterval?: string; retention: string; keepAll?: string; hourlyFor?: string; appRetention?: string; rpoThreshold?: string },
+        command: Command,
+      ) => {
       const cli = CliContext.of(command);
       const created = await cli.client.post<PolicyView>('/policies', {
         name,
         intervalSeconds: parseDuration(options.interval, '--interval'),
         ...(options.appInterval ? { appIntervalSeconds: parseDuration(options.appInterval, '--app-interval') } : {}),
         retentionSeconds: parseDuration(options.retention, '--retention'),
+        ...(options.keepAll ? { keepAllSeconds: parseDuration(options.keepAll, '--keep-all') } : {}),
+        ...(options.hourlyFor ? { hourlySeconds: parseDuration(options.hourlyFor, '--hourly-for') } : {}),
+        ...(options.appRetention ? { appRetentionSeconds: parseDuration(options.appRetention, '--app-retention') } : {}),
         ...(options.rpoThreshold ? { rpoThresholdSeconds: parseDuration(options.rpoThreshold, '--rpo-threshold') } : {}),
       });
       cli.print(created, (view) => console.log(`policy ${view.name}: a point every ${formatDuration(view.intervalSeconds)}, kept ${formatDuration(view.retentionSeconds)}`));
-    });
+      },
+    );
   policy
     .command('list')
     .description('list policies')
@@ -65,12 +77,14 @@ export function registerAdminCommands(program: Command): void {
       const { policies } = await cli.client.get<{ policies: PolicyView[] }>('/policies');
       cli.print({ policies }, () =>
         printTable(
-          ['NAME', 'INTERVAL', 'APP INTERVAL', 'RETENTION', 'RPO THRESHOLD'],
+          ['NAME', 'INTERVAL', 'APP INTERVAL', 'RETENTION', 'ALL / HOURLY FOR', 'APP KEPT', 'RPO THRESHOLD'],
           policies.map((p) => [
             p.name,
             formatDuration(p.intervalSeconds),
             formatDuration(p.appIntervalSeconds),
             formatDuration(p.retentionSeconds),
+            `${formatDuration(p.keepAllSeconds)} / ${formatDuration(p.hourlySeconds)}`,
+            p.appRetentionSeconds ? formatDuration(p.appRetentionSeconds) : '-',
             formatDuration(p.rpoThresholdSeconds),
           ]),
         ),

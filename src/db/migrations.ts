@@ -30,6 +30,9 @@ const migrations: Record<string, Migration> = {
         .addColumn('interval_seconds', 'integer', (c) => c.notNull())
         .addColumn('app_interval_seconds', 'integer', (c) => c.notNull())
         .addColumn('retention_seconds', 'integer', (c) => c.notNull())
+        .addColumn('keep_all_seconds', 'integer', (c) => c.notNull())
+        .addColumn('hourly_seconds', 'integer', (c) => c.notNull())
+        .addColumn('app_retention_seconds', 'integer', (c) => c.notNull())
         .addColumn('rpo_threshold_seconds', 'integer', (c) => c.notNull())
         .addColumn('created_at', 'integer', (c) => c.notNull())
         .execute();

@@ -27,6 +27,9 @@ export interface PolicyTable {
   interval_seconds: number;
   app_interval_seconds: number;
   retention_seconds: number;
+  keep_all_seconds: number;
+  hourly_seconds: number;
+  app_retention_seconds: number;
   rpo_threshold_seconds: number;
   created_at: number;
 }

@@ -8,6 +8,7 @@ import type { MachineRow, PointRow } from '../db/schema.js';
 import type { CommitPointRequest } from '../protocol/requests.js';
 import type { JobView, PointView } from '../protocol/views.js';
 import type { DiskIndex } from '../store/disk-index.js';
+import { pointsToKeep, type RetentionRules } from './retention.js';
 import { newId } from '../util/ids.js';
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
@@ -189,23 +190,27 @@ export class Points {
   }
 
   /**
-   * Deletes points older than the policy's retention, always keeping the newest point and any point a
-   * test failover is using. Returns how many were deleted. (Chunks nothing references any more are
-   * reclaimed by the store's garbage collection, never here.)
+   * Thins the machine's points by the policy's retention rules (`pointsToKeep`): every point recently,
+   * then one per hour, then one per day, nothing past the retention; always the newest point and any
+   * point a test failover is using. Returns how many were deleted. (Chunks nothing references any more
+   * are reclaimed by the store's garbage collection, never here.)
    */
-  async expire(machine: MachineRow, retentionSeconds: number): Promise<number> {
-    const cutoff = this.context.now() - retentionSeconds * 1000;
-    const newest = await this.context.db.selectFrom('points').select('id').where('machine_id', '=', machine.id).orderBy('taken_at', 'desc').limit(1).executeTakeFirst();
-    if (!newest) return 0;
+  async expire(machine: MachineRow, rules: RetentionRules): Promise<number> {
+    const points = await this.context.db.selectFrom('points').select(['id', 'taken_at', 'consistency']).where('machine_id', '=', machine.id).execute();
+    if (points.length === 0) return 0;
     const inUse = await this.context.db.selectFrom('test_failovers').select('point_id').where('machine_id', '=', machine.id).execute();
-    const keep = [newest.id, ...inUse.map((row) => row.point_id)];
-    const result = await this.context.db
-      .deleteFrom('points')
-      .where('machine_id', '=', machine.id)
-      .where('taken_at', '<', cutoff)
-      .where('id', 'not in', keep)
-      .executeTakeFirst();
-    const deleted = Number(result.numDeletedRows);
+    const keep = pointsToKeep(
+      points.map((point) => ({ id: point.id, takenAt: point.taken_at, consistency: point.consistency })),
+      rules,
+      this.context.now(),
+      new Set(inUse.map((row) => row.point_id)),
+    );
+    const doomed = points.filter((point) => !keep.has(point.id)).map((point) => point.id);
+    let deleted = 0;
+    for (let start = 0; start < doomed.length; start += 500) {
+      const result = await this.context.db.deleteFrom('points').where('machine_id', '=', machine.id).where('id', 'in', doomed.slice(start, start + 500)).executeTakeFirst();
+      deleted += Number(result.numDeletedRows);
+    }
     if (deleted > 0) {
       await this.events.record({ machineId: machine.id, severity: 'info', code: 'points-expired', message: `${machine.name}: ${deleted} point(s) past retention removed` });
     }

@@ -4,6 +4,7 @@ import type { CreatePolicyRequest } from '../protocol/requests.js';
 import type { PolicyView } from '../protocol/views.js';
 import type { PolicyRow } from '../db/schema.js';
 import { newId } from '../util/ids.js';
+import { defaultThinning, type RetentionRules } from './retention.js';
 import type { CoreContext } from './context.js';
 
 /** The policy every installation starts with: a point every 5 minutes, kept 24 hours. */
@@ -17,6 +18,9 @@ export function policyView(row: PolicyRow): PolicyView {
     intervalSeconds: row.interval_seconds,
     appIntervalSeconds: row.app_interval_seconds,
     retentionSeconds: row.retention_seconds,
+    keepAllSeconds: row.keep_all_seconds,
+    hourlySeconds: row.hourly_seconds,
+    appRetentionSeconds: row.app_retention_seconds,
     rpoThresholdSeconds: row.rpo_threshold_seconds,
     createdAt: new Date(row.created_at).toISOString(),
   };
@@ -39,12 +43,16 @@ export class Policies {
     if (request.retentionSeconds < request.intervalSeconds) {
       throw new FerryError('invalid-request', `retention (${request.retentionSeconds}s) must be at least the interval (${request.intervalSeconds}s)`);
     }
+    const thinning = defaultThinning(request.retentionSeconds);
     const row: PolicyRow = {
       id: newId('pol'),
       name: request.name,
       interval_seconds: request.intervalSeconds,
       app_interval_seconds: request.appIntervalSeconds ?? request.intervalSeconds,
       retention_seconds: request.retentionSeconds,
+      keep_all_seconds: Math.min(request.keepAllSeconds ?? thinning.keepAllSeconds, request.retentionSeconds),
+      hourly_seconds: Math.min(request.hourlySeconds ?? thinning.hourlySeconds, request.retentionSeconds),
+      app_retention_seconds: request.appRetentionSeconds ?? thinning.appRetentionSeconds,
       rpo_threshold_seconds: request.rpoThresholdSeconds ?? Math.max(60, 2 * request.intervalSeconds),
       created_at: this.context.now(),
     };
@@ -69,4 +77,14 @@ export class Policies {
     if (!row) throw notFound('policy', name);
     return row;
   }
+}
+
+/** The retention rules of a policy row, for thinning. */
+export function retentionRulesOf(row: Pick<PolicyRow, 'retention_seconds' | 'keep_all_seconds' | 'hourly_seconds' | 'app_retention_seconds'>): RetentionRules {
+  return {
+    retentionSeconds: row.retention_seconds,
+    keepAllSeconds: row.keep_all_seconds,
+    hourlySeconds: row.hourly_seconds,
+    appRetentionSeconds: row.app_retention_seconds,
+  };
 }

@@ -7,6 +7,7 @@ import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
 import type { Machines } from './machines.js';
 import type { Points } from './points.js';
+import { retentionRulesOf } from './policies.js';
 
 /** Runs `tick` on an interval until stopped. */
 export class Scheduler {
@@ -43,10 +44,10 @@ export class Scheduler {
       .selectFrom('machines')
       .innerJoin('policies', 'policies.id', 'machines.policy_id')
       .selectAll('machines')
-      .select(['policies.interval_seconds', 'policies.retention_seconds'])
+      .select(['policies.interval_seconds', 'policies.retention_seconds', 'policies.keep_all_seconds', 'policies.hourly_seconds', 'policies.app_retention_seconds'])
       .where('machines.state', 'in', ['protecting', 'protected'])
       .execute();
-    for (const { interval_seconds, retention_seconds, ...machine } of machines) {
+    for (const { interval_seconds, retention_seconds, keep_all_seconds, hourly_seconds, app_retention_seconds, ...machine } of machines) {
       const lastFailure = await db
         .selectFrom('jobs')
         .select('ended_at')
@@ -64,7 +65,7 @@ export class Scheduler {
         now() - machine.last_point_at >= interval_seconds * 1000 ||
         retryPending;
       if (due && !lastAttemptFailedRecently) await this.points.ensureReplicationJob(machine.id);
-      await this.points.expire(machine, retention_seconds);
+      await this.points.expire(machine, retentionRulesOf({ retention_seconds, keep_all_seconds, hourly_seconds, app_retention_seconds }));
     }
     await this.recordHealthChanges();
   }

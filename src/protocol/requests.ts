@@ -36,6 +36,12 @@ export const createPolicyRequest = z.object({
   /** Time between application-consistent points (hooks run); defaults to every point. */
   appIntervalSeconds: seconds.max(30 * 86400).optional(),
   retentionSeconds: seconds.min(60).max(365 * 86400),
+  /** Every point younger than this is kept (default: 6 h, or the retention if shorter). */
+  keepAllSeconds: seconds.max(365 * 86400).optional(),
+  /** Up to this age one point per hour is kept, beyond it one per day (default: 7 d, or the retention). */
+  hourlySeconds: seconds.max(365 * 86400).optional(),
+  /** Application-consistent points younger than this are all kept, even past the retention (default 0: off). */
+  appRetentionSeconds: z.number().int().nonnegative().max(3 * 365 * 86400).optional(),
   rpoThresholdSeconds: seconds.max(7 * 86400).optional(),
 });
 

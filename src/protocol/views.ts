@@ -21,6 +21,9 @@ export interface PolicyView {
   intervalSeconds: number;
   appIntervalSeconds: number;
   retentionSeconds: number;
+  keepAllSeconds: number;
+  hourlySeconds: number;
+  appRetentionSeconds: number;
   rpoThresholdSeconds: number;
   createdAt: string;
 }

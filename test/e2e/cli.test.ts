@@ -35,6 +35,10 @@ test('read commands print one JSON document; errors map to exit codes with one l
     policies.map((policy: { name: string; intervalSeconds: number; retentionSeconds: number; rpoThresholdSeconds: number }) => [policy.name, policy.intervalSeconds, policy.retentionSeconds, policy.rpoThresholdSeconds]),
     [['default', 300, 86400, 600], ['fast', 30, 3600, 60]],
   );
+  const thin = await ferryJson(server, ['policy', 'add', 'thin', '--interval', '5m', '--retention', '30d', '--keep-all', '2h', '--hourly-for', '3d', '--app-retention', '90d']);
+  assert.deepEqual([thin.keepAllSeconds, thin.hourlySeconds, thin.appRetentionSeconds], [7200, 3 * 86400, 90 * 86400]);
+  const defaults = policies.find((policy: { name: string }) => policy.name === 'fast');
+  assert.deepEqual([defaults.keepAllSeconds, defaults.hourlySeconds, defaults.appRetentionSeconds], [3600, 3600, 0], 'thinning defaults are capped by the retention');
   const human = await ferry(server, ['status']);
   assert.equal(human.code, 0);
   assert.match(human.stdout, /^MACHINE\s+STATE\s+HEALTH/);

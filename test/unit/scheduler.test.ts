@@ -104,7 +104,7 @@ test('retention removes points past it, but keeps the newest and any point a tes
     taken.push((await commitActiveJob(n)).id);
   }
   // Points at 0h, 2h, 4h, 6h; now is 6h. Retention is 6h: nothing has expired yet.
-  await core.points.expire(await core.machines.get('vm'), 6 * 3600);
+  await core.points.expire(await core.machines.get('vm'), { retentionSeconds: 6 * 3600, keepAllSeconds: 6 * 3600, hourlySeconds: 6 * 3600, appRetentionSeconds: 0 });
   assert.equal((await core.points.list('vm', 100)).length, 4);
 
   await core.testFailovers.start('vm', taken[1]!); // holds the 2h point
