@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import type { Db } from '../db/database.js';
 import type { ChunkStore } from '../store/chunk-store.js';
+import { DEFAULT_CHUNK_SIZE } from '../store/chunking.js';
 import type { Logger } from '../util/logger.js';
 
 /** Tunables of the control plane, compiled once with their defaults by `compileCoreOptions`. */
@@ -25,7 +26,7 @@ export function compileCoreOptions(partial: Partial<CoreOptions> = {}): CoreOpti
     agentOfflineAfterMs: partial.agentOfflineAfterMs ?? 60_000,
     retryDelayMs: partial.retryDelayMs ?? 30_000,
     schedulerTickMs: partial.schedulerTickMs ?? 1_000,
-    chunkSize: partial.chunkSize ?? 64 * 1024,
+    chunkSize: partial.chunkSize ?? DEFAULT_CHUNK_SIZE,
   };
 }
 

@@ -14,12 +14,12 @@ import { activeJobStates, type JobEvent, type JobState, jobTransitions, nextStat
 /** Kinds of job, and who runs each. */
 export type JobKind = 'initial-replication' | 'point' | 'test-failover' | 'test-failover-cleanup';
 
-/** Kinds an agent runs (reading the source disks); the rest run on the server. */
-export const agentJobKinds: readonly JobKind[] = ['initial-replication', 'point'];
+/** Replication jobs: the kinds an agent runs (reading the source disks); the rest run on the server. */
+export const replicationJobKinds: readonly JobKind[] = ['initial-replication', 'point'];
 
 /** True for jobs an agent executes. */
 export function isAgentJob(kind: string): boolean {
-  return (agentJobKinds as readonly string[]).includes(kind);
+  return (replicationJobKinds as readonly string[]).includes(kind);
 }
 
 /** Renders a job row for the API. */
@@ -171,7 +171,7 @@ export class Jobs {
       .selectFrom('jobs')
       .selectAll()
       .where('agent_id', '=', agentId)
-      .where('kind', 'in', agentJobKinds)
+      .where('kind', 'in', replicationJobKinds)
       .where('state', 'in', activeJobStates)
       .orderBy('created_at')
       .execute();
@@ -182,7 +182,7 @@ export class Jobs {
     return this.context.db
       .selectFrom('jobs')
       .selectAll()
-      .where('kind', 'not in', agentJobKinds)
+      .where('kind', 'not in', replicationJobKinds)
       .where('state', 'in', activeJobStates)
       .orderBy('created_at')
       .execute();

@@ -10,6 +10,7 @@ import { newId } from '../util/ids.js';
 import { promises as fs } from 'node:fs';
 import type { JobRow } from '../db/schema.js';
 import { type CoreContext, parseJsonColumn } from './context.js';
+import { replicationJobKinds } from './jobs.js';
 import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
 import type { Principal } from './tokens.js';
 
@@ -165,7 +166,7 @@ export class Machines {
       .selectFrom('jobs')
       .select('state')
       .where('machine_id', '=', machineId)
-      .where('kind', 'in', ['initial-replication', 'point'])
+      .where('kind', 'in', replicationJobKinds)
       .where('state', 'in', ['succeeded', 'failed'])
       .orderBy('ended_at', 'desc')
       .limit(20)
@@ -205,7 +206,7 @@ export class Machines {
         .selectFrom('jobs')
         .selectAll()
         .where('machine_id', '=', machine.id)
-        .where('kind', 'in', ['initial-replication', 'point'])
+        .where('kind', 'in', replicationJobKinds)
         .where('state', 'in', ['queued', 'running'])
         .orderBy('created_at')
         .executeTakeFirst(),

@@ -12,11 +12,10 @@ import { pointsToKeep, type RetentionRules } from './retention.js';
 import { newId } from '../util/ids.js';
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
-import { type JobKind, Jobs, jobView } from './jobs.js';
+import { type JobKind, Jobs, jobView, replicationJobKinds } from './jobs.js';
 import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
 import type { Machines } from './machines.js';
 
-const replicationKinds: readonly JobKind[] = ['initial-replication', 'point'];
 
 /** Requests, commits, lists and expires recovery points. */
 export class Points {
@@ -37,7 +36,7 @@ export class Points {
   async ensureReplicationJob(machineId: string, db: Db = this.context.db, consistency?: 'app' | 'crash'): Promise<JobView> {
     if (!db.isTransaction) return db.transaction().execute((transaction) => this.ensureReplicationJob(machineId, transaction, consistency));
     const machine = await db.selectFrom('machines').selectAll().where('id', '=', machineId).executeTakeFirstOrThrow();
-    const existing = await this.jobs.activeFor(machine.id, replicationKinds, db);
+    const existing = await this.jobs.activeFor(machine.id, replicationJobKinds, db);
     if (existing) return jobView(existing, machine.name);
     const kind: JobKind = machine.state === 'protecting' ? 'initial-replication' : 'point';
     const policy = machine.policy_id

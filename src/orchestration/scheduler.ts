@@ -5,6 +5,7 @@
  */
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
+import { replicationJobKinds } from './jobs.js';
 import type { Machines } from './machines.js';
 import type { Points } from './points.js';
 import { retentionRulesOf } from './policies.js';
@@ -52,18 +53,19 @@ export class Scheduler {
         .selectFrom('jobs')
         .select('ended_at')
         .where('machine_id', '=', machine.id)
-        .where('kind', 'in', ['initial-replication', 'point'])
+        .where('kind', 'in', replicationJobKinds)
         .where('state', '=', 'failed')
         .orderBy('ended_at', 'desc')
         .limit(1)
         .executeTakeFirst();
       const lastAttemptFailedRecently = lastFailure?.ended_at != null && now() - lastFailure.ended_at < options.retryDelayMs;
-      const retryPending = machine.replication_error !== null && !lastAttemptFailedRecently;
+      // Due: still protecting, never a point, the interval has passed, or the last attempt failed
+      // (then retried once the retry delay has passed).
       const due =
         machine.state === 'protecting' ||
         machine.last_point_at === null ||
         now() - machine.last_point_at >= interval_seconds * 1000 ||
-        retryPending;
+        machine.replication_error !== null;
       if (due && !lastAttemptFailedRecently) await this.points.ensureReplicationJob(machine.id);
       await this.points.expire(machine, retentionRulesOf({ retention_seconds, keep_all_seconds, hourly_seconds, app_retention_seconds }));
     }

@@ -23,7 +23,7 @@ import type { StoreGuard } from '../store/store-guard.js';
 import { type PointToVerify, verifyStore } from '../store/verify.js';
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
-import { agentJobKinds } from './jobs.js';
+import { replicationJobKinds } from './jobs.js';
 import { activeJobStates } from './lifecycle.js';
 
 /** Tunables of store maintenance, compiled once by `compileStoreMaintenanceOptions`. */
@@ -128,7 +128,7 @@ export class StoreMaintenance {
       const oldestJob = await db
         .selectFrom('jobs')
         .select(['id', 'created_at'])
-        .where('kind', 'in', agentJobKinds)
+        .where('kind', 'in', replicationJobKinds)
         .where('state', 'in', activeJobStates)
         .orderBy('created_at')
         .limit(1)

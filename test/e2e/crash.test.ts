@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { JobView } from '../../src/protocol/views.js';
-import { connectAgent, ferryJson, freePort, sameBytes, startAgent, startServer, tempDir, type TestServer, waitFor, waitForJob } from './harness.js';
+import { connectAgent, ferryJson, freePort, startAgent, startServer, tempDir, type TestServer, waitFor, waitForJob, restoresIdentical } from './harness.js';
 
 const DISK_BYTES = 192 * 1024 * 1024;
 
@@ -40,13 +40,6 @@ async function waitUntilMidway(server: TestServer, jobId: string): Promise<void>
     if (job.state !== 'running' && job.state !== 'queued') throw new Error(`job ended before the kill: ${job.state}`);
     return job.progress.doneBytes > DISK_BYTES * 0.1;
   }, 'replication to be under way', 60_000);
-}
-
-async function restoreMatches(server: TestServer, pointId: string, expected: string): Promise<boolean> {
-  const failover = await ferryJson(server, ['failover', 'vm', '--test', '--point', pointId, '--wait']);
-  const same = await sameBytes(failover.disks[0].path, expected);
-  await ferryJson(server, ['failover', 'cleanup', 'vm']);
-  return same;
 }
 
 test('SIGKILL of the agent, then of the server, mid-cycle: cycles complete, earlier points intact', async (t) => {
@@ -84,8 +77,8 @@ test('SIGKILL of the agent, then of the server, mid-cycle: cycles complete, earl
 
   const points = (await ferryJson(server, ['points', 'list', 'vm'])).points.map((point: { id: string }) => point.id);
   assert.deepEqual(points, [point2, point1]);
-  assert.ok(await restoreMatches(server, point1, snapshot1), 'point 1 restores byte-identical');
-  assert.ok(await restoreMatches(server, point2, snapshot2), 'point 2 restores byte-identical');
+  assert.ok(await restoresIdentical(server, 'vm', point1, [snapshot1]), 'point 1 restores byte-identical');
+  assert.ok(await restoresIdentical(server, 'vm', point2, [snapshot2]), 'point 2 restores byte-identical');
   const status = await ferryJson(server, ['status', 'vm']);
   assert.equal(status.state, 'protected');
   assert.equal(status.health.level, 'healthy', status.health.reasons.join('; '));

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { writeFilesInImage } from '../../src/demo/ext4-image.js';
 import { encodeChunkObject } from '../../src/store/chunk-object.js';
-import { connectAgent, ext4Disk, ferryBin, ferryJson, freePort, sameBytes, startServer, tempDir, type TestServer } from './harness.js';
+import { connectAgent, ext4Disk, ferryBin, ferryJson, freePort, startServer, tempDir, restoresIdentical } from './harness.js';
 
 const MARKER = 'FERRY-E2E-PLAINTEXT-7c41b9 must never appear in the store';
 
@@ -34,13 +34,6 @@ async function filesUnder(directory: string): Promise<Map<string, Buffer>> {
     if (entry.isFile()) files.set(path.relative(directory, path.join(entry.parentPath, entry.name)), await fs.readFile(path.join(entry.parentPath, entry.name)));
   }
   return files;
-}
-
-async function restoreMatches(server: TestServer, pointId: string, expected: string): Promise<boolean> {
-  const failover = await ferryJson(server, ['failover', 'web', '--test', '--point', pointId, '--wait']);
-  const same = await sameBytes(failover.disks[0].path, expected);
-  await ferryJson(server, ['failover', 'cleanup', 'web']);
-  return same;
 }
 
 test('encrypted store: failover restores byte-identical, no plaintext at rest, wrong key refused, right key restores', async (t) => {
@@ -70,7 +63,7 @@ test('encrypted store: failover restores byte-identical, no plaintext at rest, w
   const atPoint1 = path.join(root, 'web-at-point1.img');
   await fs.copyFile(disk, atPoint1);
   const [point1] = (await ferryJson(server, ['points', 'list', 'web'])).points;
-  assert.ok(await restoreMatches(server, point1.id, atPoint1), 'test failover of an encrypted store is byte-identical');
+  assert.ok(await restoresIdentical(server, 'web', point1.id, [atPoint1]), 'test failover of an encrypted store is byte-identical');
 
   const config = JSON.parse(await fs.readFile(path.join(dataDir, 'store', 'config.json'), 'utf8'));
   assert.equal(config.encryption.cipher, 'aes-256-gcm');
@@ -104,11 +97,11 @@ test('encrypted store: failover restores byte-identical, no plaintext at rest, w
 
   // The right key: the old point restores, and the agent (still running) replicates new changes.
   server = await startServer(t, dataDir, { port, extraArgs: [...keyArgs, '--store-compression', 'zstd'] });
-  assert.ok(await restoreMatches(server, point1.id, atPoint1), 'point 1 restores after the restart');
+  assert.ok(await restoresIdentical(server, 'web', point1.id, [atPoint1]), 'point 1 restores after the restart');
   await writeFilesInImage(disk, [{ fsPath: '/etc/hostname', data: 'web after restart\n' }]);
   const atPoint2 = path.join(root, 'web-at-point2.img');
   await fs.copyFile(disk, atPoint2);
   const point2 = (await ferryJson(server, ['points', 'create', 'web', '--wait'])).point;
   assert.ok(point2.disks[0].sentBytes > 0);
-  assert.ok(await restoreMatches(server, point2.id, atPoint2), 'a point taken after the restart restores');
+  assert.ok(await restoresIdentical(server, 'web', point2.id, [atPoint2]), 'a point taken after the restart restores');
 });

@@ -254,3 +254,15 @@ export async function sameBytes(a: string, b: string): Promise<boolean> {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * Test-fails-over `machine` to `pointId`, compares each recovered disk with the file expected at its
+ * position, cleans the test failover up, and returns whether every disk was byte-identical.
+ */
+export async function restoresIdentical(server: { url: string; adminToken: string }, machine: string, pointId: string, expected: string[]): Promise<boolean> {
+  const failover = await ferryJson(server, ['failover', machine, '--test', '--point', pointId, '--wait']);
+  let same = failover.disks.length === expected.length;
+  for (const [position, file] of expected.entries()) same = same && (await sameBytes(failover.disks[position].path, file));
+  await ferryJson(server, ['failover', 'cleanup', machine]);
+  return same;
+}

@@ -14,7 +14,7 @@ import { ApiClient } from '../../src/client/api-client.js';
 import { encodeChunkBatch } from '../../src/protocol/chunk-batch.js';
 import type { JobView } from '../../src/protocol/views.js';
 import { decodeChunkObject } from '../../src/store/chunk-object.js';
-import { connectAgent, ferry, ferryJson, sameBytes, sleep, startServer, tempDir, type TestServer, waitFor, waitForJob } from './harness.js';
+import { connectAgent, ferry, ferryJson, sleep, startServer, tempDir, type TestServer, waitFor, waitForJob, restoresIdentical } from './harness.js';
 
 const MiB = 1024 * 1024;
 const CHUNK = 64 * 1024; // the server's default chunk size
@@ -75,14 +75,6 @@ async function* storedChunkFiles(dataDir: string): AsyncIterable<{ file: string;
       yield { file, hash: sha256(decodeChunkObject(await fs.readFile(file), `chunks/${directory}/${name}`)) };
     }
   }
-}
-
-async function restoreMatches(server: TestServer, machine: string, pointId: string, expected: string[]): Promise<boolean> {
-  const failover = await ferryJson(server, ['failover', machine, '--test', '--point', pointId, '--wait']);
-  let same = failover.disks.length === expected.length;
-  for (const [position, file] of expected.entries()) same = same && (await sameBytes(failover.disks[position].path, file));
-  await ferryJson(server, ['failover', 'cleanup', machine]);
-  return same;
 }
 
 test('gc during replication keeps every point intact; stats show dedupe; verify names the points a damaged chunk affects', async (t) => {
@@ -147,9 +139,9 @@ test('gc during replication keeps every point intact; stats show dedupe; verify 
   const [newest] = (await ferryJson(server, ['points', 'list', 'vm'])).points;
   assert.equal(newest.id, point2);
   assert.ok(newest.disks[0].sentBytes <= newest.disks[0].changedBytes - EARLY_BYTES, `the early data was found in the store, not sent (${JSON.stringify(newest.disks[0])})`);
-  assert.ok(await restoreMatches(server, 'vm', point2, [snapshot2]), 'point 2 restores byte-identical');
-  assert.ok(await restoreMatches(server, 'vm', point1, [snapshot1]), 'point 1 restores byte-identical');
-  assert.ok(await restoreMatches(server, 'twin', twinPoint, [twinA, twinA]), "twin's point restores byte-identical");
+  assert.ok(await restoresIdentical(server, 'vm', point2, [snapshot2]), 'point 2 restores byte-identical');
+  assert.ok(await restoresIdentical(server, 'vm', point1, [snapshot1]), 'point 1 restores byte-identical');
+  assert.ok(await restoresIdentical(server, 'twin', twinPoint, [twinA, twinA]), "twin's point restores byte-identical");
 
   // Stats: three points; twin's identical disks (and what point 2 shares with point 1) are stored once.
   const stats = await ferryJson(server, ['store', 'stats']);
