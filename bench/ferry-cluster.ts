@@ -114,6 +114,11 @@ export class FerryCluster {
     return this.agent!.process.pid!;
   }
 
+  /** The pids of the server and agent node processes (spawned as node itself, no shell in between). */
+  get pids(): { server: number; agent: number } {
+    return { server: this.serverPid, agent: this.agentPid };
+  }
+
   /** CPU seconds used so far by the server and agent together. */
   async daemonsCpu(): Promise<number> {
     const [server, agent] = await Promise.all([processCpu(this.serverPid), processCpu(this.agentPid)]);

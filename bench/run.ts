@@ -15,7 +15,8 @@
  *   5. a writer churning 20 MB/s into a disk while a policy takes a point every 30 s: RPO and CPU
  *
  * Every tool reads the same image state, cold (the page cache is dropped before each timed step when
- * permitted), and every output is durable (fsynced) before its clock stops. Results go to
+ * permitted), and every output is durable (fsynced) before its clock stops. During every timed Ferry
+ * step the server's and agent's RSS is sampled (bench/memory.ts) against the 300 MB target. Results go to
  * WORK_DIR/bench-results.json and .md; the rest of the work dir is removed unless --keep.
  */
 import { existsSync, promises as fs } from 'node:fs';
@@ -23,11 +24,12 @@ import path from 'node:path';
 import { buildImage, generateTree, overwriteRandomBlocks, type TreeSummary } from './disk-image.js';
 import { describeEnvironment, type Environment } from './environment.js';
 import { FerryCluster, sampleDelta } from './ferry-cluster.js';
+import { highestPeaks, MEMORY_SAMPLE_MS, MemorySampler, sampleMemoryDuring, type StepMemoryByProcess } from './memory.js';
 import { childrenCpu, dropCaches, duAllocated, duBytes, fileCount, fsyncFile, initClockTicks, loadAverage, run, sleep, spawnCollect, timed } from './measure.js';
 import { type BenchOptions, parseOptions, SCENARIOS, USAGE } from './options.js';
 import { Borg, checkTools, cpCopy, Restic, rsyncDelta, rsyncInitial } from './peers.js';
 import { measureReference, type ReferenceMeasures } from './reference.js';
-import { formatBytes, formatRate, formatSeconds, median, ratio, renderMarkdown, renderSummary, renderText, type ScenarioTable } from './report.js';
+import { formatBytes, formatMB, formatRate, formatSeconds, median, ratio, renderMarkdown, renderSummary, renderText, type ScenarioTable, type SummaryTarget } from './report.js';
 
 const startedAt = Date.now();
 function say(message: string): void {
@@ -50,7 +52,15 @@ interface Results {
   image?: { sizeBytes: number; tree: TreeSummary; allocatedBytes: number };
   measurements: Record<string, unknown>;
   tables: ScenarioTable[];
+  /** Targets over several scenarios' steps (peak memory), after the tables' own in the summary. */
+  summaryTargets: SummaryTarget[];
 }
+
+/** Peak memory of the Ferry server and agent over a timed step. */
+type FerryMemory = StepMemoryByProcess<'server' | 'agent'>;
+
+/** The issue's bound on each daemon's RSS while replicating: 300 MB, MB = 10^6 bytes. */
+const RSS_LIMIT_BYTES = 300e6;
 
 async function main(): Promise<void> {
   let options: BenchOptions | 'help';
@@ -92,6 +102,7 @@ async function main(): Promise<void> {
     reference: { before: await measureReference(work) },
     measurements: {},
     tables: [],
+    summaryTargets: [],
   };
   const sizeBytes = opts.sizeBytes;
   say(`ferry bench: ${formatBytes(sizeBytes)} image, scenarios ${[...opts.only].join(',')}, work dir ${work}`);
@@ -145,6 +156,9 @@ async function main(): Promise<void> {
 
   const tables: ScenarioTable[] = results.tables;
   const m = results.measurements;
+  /** Peak memory of the daemons during each scenario's timed Ferry steps (scenario 2: the highest over its cycles). */
+  const memory: Partial<Record<1 | 2 | 4 | 5, FerryMemory>> = {};
+  m.memory = memory;
   const ferryCpu = () => cluster.daemonsCpu();
   const print = (table: ScenarioTable) => {
     tables.push(table);
@@ -170,8 +184,11 @@ async function main(): Promise<void> {
       await cold();
       say('1: ferry protect --wait ...');
       const before = await cluster.sample();
-      const protect = await timed(() => cluster.cli(['protect', 'bench', '--site', 'dr', '--policy', 'bench', '--wait']), ferryCpu);
+      const { value: protect, memory: protectMemory } = await sampleMemoryDuring(cluster.pids, () =>
+        timed(() => cluster.cli(['protect', 'bench', '--site', 'dr', '--policy', 'bench', '--wait']), ferryCpu),
+      );
       const processes = sampleDelta(before, await cluster.sample());
+      memory[1] = protectMemory;
       const job = await cluster.api(`/jobs/${protect.value.job.id}`);
       const [point] = (await cluster.cli(['points', 'list', 'bench'])).points;
       s1.ferry = { ...protect, value: undefined, job: { createdAt: job.createdAt, startedAt: job.startedAt, endedAt: job.endedAt }, sentBytes: sumDisks(point, 'sentBytes'), changedBytes: sumDisks(point, 'changedBytes'), processes };
@@ -219,6 +236,7 @@ async function main(): Promise<void> {
           notes: [
             `ferry time is \`ferry protect --wait\` from request to job success (the job itself ran ${((Date.parse(s1.ferry.job.endedAt) - Date.parse(s1.ferry.job.createdAt)) / 1000).toFixed(2)} s); CPU is server + agent + CLI.`,
             `ferry CPU by thread: agent ${threadSummary(processes.agentThreads)}; server ${threadSummary(processes.serverThreads)}.`,
+            memoryNote('`ferry protect --wait`', protectMemory),
             'borg is not a target of this scenario; it is timed because scenario 3 needs its first archive.',
           ],
         });
@@ -233,9 +251,9 @@ async function main(): Promise<void> {
         const entry: Record<string, any> = { cycle, changedBlocks: change.blocks, changedBytes: change.bytes };
         await cold();
         const before = await cluster.sample();
-        const created = await timed(() => cluster.cli(['points', 'create', 'bench', '--wait']), ferryCpu);
+        const { value: created, memory: cycleMemory } = await sampleMemoryDuring(cluster.pids, () => timed(() => cluster.cli(['points', 'create', 'bench', '--wait']), ferryCpu));
         const processes = sampleDelta(before, await cluster.sample());
-        entry.ferry = { seconds: created.seconds, cpuSeconds: created.cpuSeconds, sentBytes: sumDisks(created.value.point, 'sentBytes'), changedBytes: sumDisks(created.value.point, 'changedBytes'), processes };
+        entry.ferry = { seconds: created.seconds, cpuSeconds: created.cpuSeconds, sentBytes: sumDisks(created.value.point, 'sentBytes'), changedBytes: sumDisks(created.value.point, 'changedBytes'), processes, memory: cycleMemory };
         await cold();
         entry.rsync = await timed(() => rsyncDelta(disk, rsyncDest));
         await cold();
@@ -248,6 +266,7 @@ async function main(): Promise<void> {
         );
       }
       m.cycles = cycles;
+      memory[2] = highestPeaks(cycles.map((c) => c.ferry.memory as FerryMemory));
       const med = (pick: (entry: Record<string, any>) => number) => median(cycles.map(pick));
       const ferryTime = med((c) => c.ferry.seconds);
       const ferrySent = med((c) => c.ferry.sentBytes);
@@ -274,6 +293,7 @@ async function main(): Promise<void> {
             `ferry sent = chunk payload uploaded (points' sentBytes); the agent passed ${formatBytes(med((c) => c.ferry.processes.agentWrittenBytes))} to write syscalls per cycle (HTTP bodies and headers, its state file, logs).`,
             `rsync sent = "Total bytes sent" of --stats; it also received ${formatBytes(med((c) => c.rsync.value.totalBytesReceived))} of block checksums.`,
             `ferry CPU by thread (cycle 1): agent ${threadSummary(cycles[0]!.ferry.processes.agentThreads)}; server ${threadSummary(cycles[0]!.ferry.processes.serverThreads)}.`,
+            memoryNote(`\`ferry points create --wait\` (highest of ${n} cycle${n > 1 ? 's' : ''})`, memory[2]),
           ],
         });
       }
@@ -313,11 +333,14 @@ async function main(): Promise<void> {
     if (opts.only.has(4)) {
       await cold();
       say('4: ferry failover --test --wait ...');
-      const failover = await timed(async () => {
-        const document = await cluster.cli(['failover', 'bench', '--test', '--wait']);
-        await fsyncFile(document.disks[0].path);
-        return document;
-      }, ferryCpu);
+      const { value: failover, memory: failoverMemory } = await sampleMemoryDuring(cluster.pids, () =>
+        timed(async () => {
+          const document = await cluster.cli(['failover', 'bench', '--test', '--wait']);
+          await fsyncFile(document.disks[0].path);
+          return document;
+        }, ferryCpu),
+      );
+      memory[4] = failoverMemory;
       const output = failover.value.disks[0].path as string;
       const identical = await run('cmp', ['-s', output, disk]).then(() => true, () => false);
       const outputAllocated = await duAllocated(output);
@@ -337,7 +360,10 @@ async function main(): Promise<void> {
           ['cp', formatSeconds(cp.seconds), formatRate(sizeBytes / cp.seconds), `${cp.cpuSeconds.toFixed(1)} s`, formatBytes(sizeBytes), ratio(speed)],
         ],
         targets: [{ name: 'ferry materialise vs cp', measured: ratio(speed), goal: '>= 0.70x', pass: speed >= 0.7 }],
-        notes: [`the materialised disk is ${identical ? 'byte-identical to' : 'DIFFERENT FROM'} the source image (cmp); ferry leaves all-zero chunks as holes.`],
+        notes: [
+          `the materialised disk is ${identical ? 'byte-identical to' : 'DIFFERENT FROM'} the source image (cmp); ferry leaves all-zero chunks as holes.`,
+          memoryNote('`ferry failover --test --wait`', failoverMemory),
+        ],
       });
     }
 
@@ -352,6 +378,7 @@ async function main(): Promise<void> {
       say(`5: writer at ${(rate / 1e6).toFixed(0)} MB/s for ${opts.churnSeconds} s, a point every ${interval} s ...`);
       const before = await cluster.sample();
       const cpuBefore = await childrenCpu();
+      const churnSampler = await MemorySampler.start(cluster.pids);
       const windowStart = Date.now();
       writer = spawnCollect(process.execPath, [...process.execArgv, path.join(import.meta.dirname, 'churn-writer.ts'), churnDisk, String(rate), String(opts.churnSeconds), String(opts.seed)]);
       let writerDone = false;
@@ -368,6 +395,8 @@ async function main(): Promise<void> {
         await sleep(1000);
       }
       const windowEnd = Date.now();
+      const churnMemory = await churnSampler.stop();
+      memory[5] = churnMemory;
       const written = JSON.parse((await writerResult).stdout.trim() || '{}') as { bytes: number; seconds: number };
       writer = null;
       const processes = sampleDelta(before, await cluster.sample());
@@ -394,9 +423,14 @@ async function main(): Promise<void> {
           ['ferry CPU (server + agent)', `${cpu.toFixed(1)} s (${(cpu / windowSeconds).toFixed(2)} cores on average)`],
           ['ferry CPU per MB replicated', sent ? `${((cpu * 1000) / (sent / 1e6)).toFixed(1)} ms/MB` : '-'],
           ['writer CPU (not counted above)', `${writerCpu.toFixed(1)} s`],
+          ['ferry peak RSS in the window, server / agent', `${formatMB(churnMemory.server.peakBytes)} / ${formatMB(churnMemory.agent.peakBytes)}`],
         ],
         targets: [{ name: 'max RPO under churn', measured: `${maxRpo.toFixed(0)} s`, goal: '< 60 s', pass: maxRpo < 60 }],
-        notes: [`ferry CPU by thread: agent ${threadSummary(processes.agentThreads)}; server ${threadSummary(processes.serverThreads)}.`, 'MB = 10^6 bytes here, as the 20 MB/s churn limit is quoted.'],
+        notes: [
+          `ferry CPU by thread: agent ${threadSummary(processes.agentThreads)}; server ${threadSummary(processes.serverThreads)}.`,
+          memoryNote('the window', churnMemory),
+          'MB = 10^6 bytes here, as the 20 MB/s churn limit is quoted.',
+        ],
       });
     }
   } finally {
@@ -405,10 +439,12 @@ async function main(): Promise<void> {
     await cluster.stop();
   }
 
+  const memoryTarget = peakRssTarget(memory, opts.only);
+  if (memoryTarget) results.summaryTargets.push(memoryTarget);
   results.load.after = await loadAverage();
   results.reference.after = await measureReference(work);
   results.endedAt = new Date().toISOString();
-  const summary = renderSummary(tables);
+  const summary = renderSummary(tables, results.summaryTargets);
   console.log(`summary (load average before ${results.load.before.join(' ')}, after ${results.load.after.join(' ')}):\n${summary.text}\n`);
   const markdown = [
     `# Ferry benchmark results`,
@@ -438,6 +474,26 @@ async function main(): Promise<void> {
 /** Sum of a per-disk counter of a point. */
 function sumDisks(point: { disks: Record<string, number>[] } | undefined, key: 'sentBytes' | 'changedBytes'): number {
   return (point?.disks ?? []).reduce((total, disk) => total + (disk[key] ?? 0), 0);
+}
+
+/** "ferry peak RSS during STEP: server 123 MB (RSS 80 MB before, 95 MB after), agent ...": one note of a scenario. */
+function memoryNote(step: string, memory: FerryMemory): string {
+  const one = (name: string, process: FerryMemory['server']) => `${name} ${formatMB(process.peakBytes)} (RSS ${formatMB(process.startRssBytes)} before, ${formatMB(process.endRssBytes)} after)`;
+  return `ferry peak RSS during ${step}: ${one('server', memory.server)}, ${one('agent', memory.agent)}; VmHWM and ${MEMORY_SAMPLE_MS} ms VmRSS samples of the node processes, MB = 10^6 bytes.`;
+}
+
+/** The summary's memory target: each daemon's highest peak RSS over the selected scenarios' Ferry steps, against 300 MB. */
+function peakRssTarget(memory: Partial<Record<1 | 2 | 4 | 5, FerryMemory>>, only: ReadonlySet<number>): SummaryTarget | null {
+  const scenarios = ([1, 2, 4, 5] as const).filter((scenario) => only.has(scenario) && memory[scenario]);
+  if (!scenarios.length) return null;
+  const peaks = highestPeaks(scenarios.map((scenario) => memory[scenario]!));
+  return {
+    scenarios: [...scenarios],
+    name: 'peak RSS server / agent while replicating',
+    measured: `${formatMB(peaks.server.peakBytes)} / ${formatMB(peaks.agent.peakBytes)}`,
+    goal: '<= 300 MB',
+    pass: peaks.server.peakBytes <= RSS_LIMIT_BYTES && peaks.agent.peakBytes <= RSS_LIMIT_BYTES,
+  };
 }
 
 /** "main thread 12.3 s, other threads 4.5 s": the main (event loop) thread against the rest (libuv pool, V8 workers). */
