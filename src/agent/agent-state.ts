@@ -33,10 +33,21 @@ export class AgentState {
     }
   }
 
-  /** Forgets a disk's index and mark: the next cycle reads everything and asks the server about every chunk. */
-  async forget(diskId: string): Promise<void> {
+  /**
+   * Forgets a disk's index and mark: the next cycle reads everything and asks the server about every
+   * chunk (a resync). `why` is kept until the next saved index, so that cycle can say why it resyncs;
+   * the default is the one reason the agent forgets today.
+   */
+  async forget(diskId: string, why = 'the store lacked chunks the agent had skipped as unchanged'): Promise<void> {
+    await ensureDirectory(path.dirname(this.indexPath(diskId)));
+    await fs.writeFile(this.forgottenPath(diskId), why); // not durable: losing it loses only the explanation
     await fs.rm(this.markPath(diskId), { force: true });
     await fs.rm(this.indexPath(diskId), { force: true });
+  }
+
+  /** Why the disk's index was forgotten (`forget`), or null if it was not (or has been saved since). */
+  async forgottenBecause(diskId: string): Promise<string | null> {
+    return fs.readFile(this.forgottenPath(diskId), 'utf8').catch(() => null);
   }
 
   /** Remembers a committed index and the mark of its capture (the mark last: without it, nothing is skipped). */
@@ -44,7 +55,12 @@ export class AgentState {
     await ensureDirectory(path.dirname(this.indexPath(diskId)));
     await fs.rm(this.markPath(diskId), { force: true });
     await writeFileDurable(this.indexPath(diskId), index.encode());
+    await fs.rm(this.forgottenPath(diskId), { force: true });
     if (mark) await writeFileDurable(this.markPath(diskId), JSON.stringify(mark));
+  }
+
+  private forgottenPath(diskId: string): string {
+    return `${this.indexPath(diskId)}.forgotten`;
   }
 
   private markPath(diskId: string): string {

@@ -14,6 +14,8 @@ import type { AgentJob, RegisterAgentResponse, WorkResponse } from '../protocol/
 import { createLogger, type Logger } from '../util/logger.js';
 import { sleep } from '../util/time.js';
 import { AgentState } from './agent-state.js';
+import { CompressionPool } from './compression-pool.js';
+import { DEFAULT_ZSTD_LEVEL } from '../store/compression-level.js';
 import { replicateMachine } from './replicator.js';
 import { RateLimiter } from './rate-limiter.js';
 import { removeStaleClones } from './snapshots.js';
@@ -38,6 +40,8 @@ export interface AgentOptions {
   maxFreezeSeconds?: number;
   /** Most chunk bytes sent per second, across all jobs (default: no limit). */
   maxRateBytesPerSecond?: number;
+  /** zstd level the chunks sent are compressed with, or null to send them raw (default DEFAULT_ZSTD_LEVEL). */
+  compressionLevel?: number | null;
 }
 
 export type AgentLifecycle = 'starting' | 'running' | 'stopping' | 'stopped';
@@ -60,6 +64,7 @@ export class Agent {
   private readonly store: AgentState;
   private readonly concurrency: number;
   private readonly rateLimiter?: RateLimiter;
+  private readonly compression?: CompressionPool;
 
   constructor(private readonly options: AgentOptions) {
     this.client = new ApiClient({ baseUrl: options.serverUrl, token: options.token });
@@ -67,6 +72,8 @@ export class Agent {
     this.store = new AgentState(options.dataDir);
     this.concurrency = options.concurrency ?? 2;
     if (options.maxRateBytesPerSecond) this.rateLimiter = new RateLimiter(options.maxRateBytesPerSecond);
+    const compressionLevel = options.compressionLevel === undefined ? DEFAULT_ZSTD_LEVEL : options.compressionLevel;
+    if (compressionLevel !== null) this.compression = new CompressionPool(compressionLevel);
   }
 
   /** Registers, then serves jobs until `stop()`. */
@@ -80,6 +87,7 @@ export class Agent {
       if (!this.abort.signal.aborted) throw error;
     } finally {
       await Promise.allSettled(this.inFlight.values());
+      await this.compression?.close();
       if (this.state !== 'stopping') this.transition('stop');
       this.transition('stopped');
     }
@@ -156,6 +164,7 @@ export class Agent {
         dataDir: this.options.dataDir,
         maxFreezeSeconds: this.options.maxFreezeSeconds ?? 60,
         rateLimiter: this.rateLimiter,
+        compression: this.compression,
       });
       this.log.info({ jobId: job.id, pointId: point.id, machine: job.machine.name, ms: Date.now() - started }, `point ${point.id} committed`);
     } catch (error) {

@@ -9,16 +9,18 @@
  */
 import { type ApiClient, withRetry } from '../client/api-client.js';
 import { FerryError } from '../errors.js';
-import { encodeChunkBatch, MAX_BATCH_BYTES } from '../protocol/chunk-batch.js';
+import { encodeChunkBatch, FRAME_OVERHEAD, FrameEncoding, MAX_BATCH_BYTES, type OutgoingFrame } from '../protocol/chunk-batch.js';
 import type { AgentJob, Consistency, PointView } from '../protocol/views.js';
 import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
 import { type DiskSource, openRawDisk } from '../disks/disk-source.js';
 import type { Logger } from '../util/logger.js';
 import type { AgentState } from './agent-state.js';
+import type { CompressionPool } from './compression-pool.js';
 import { type TrackerMark, trackerFor } from './change-tracking.js';
 import { runHook } from './hooks.js';
 import type { RateLimiter } from './rate-limiter.js';
+import { jobStartBody } from './resync.js';
 import { type DiskSnapshot, snapshotDisks } from './snapshots.js';
 
 /** Chunks read, hashed and sent together (16 MiB at 64 KiB chunks). */
@@ -40,13 +42,16 @@ export interface ReplicationDeps {
   maxFreezeSeconds: number;
   /** Limits the chunk bytes sent per second, when set. */
   rateLimiter?: RateLimiter;
+  /** Compresses the chunks sent; without it chunks are sent raw. */
+  compression?: CompressionPool;
 }
 
 /** Runs one replication job to a committed point. Throws FerryError on failure. */
 export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Promise<PointView> {
   const call = <T>(operation: () => Promise<T>) =>
     withRetry(operation, { deadlineMs: REQUEST_DEADLINE_MS, signal: deps.signal, onRetry: (error) => deps.log.warn({ jobId: job.id }, `retrying: ${error.message}`) });
-  await call(() => deps.client.post(`/agent/jobs/${job.id}/start`));
+  const startBody = await jobStartBody(job, deps.state); // whether this cycle is a resync, and why
+  await call(() => deps.client.post(`/agent/jobs/${job.id}/start`, startBody));
 
   // Fail fast, before any hook runs, if a disk cannot be read.
   for (const disk of job.disks) await (await openRawDisk(disk.path)).close();
@@ -112,6 +117,7 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
               call,
               client: deps.client,
               rateLimiter: deps.rateLimiter,
+              compression: deps.compression,
               signal: deps.signal,
               onProgress: (doneBytes) => progress.report(doneBefore + doneBytes, `reading disk ${disk.position}`),
             });
@@ -173,6 +179,7 @@ interface ReadDeps {
   call: <T>(operation: () => Promise<T>) => Promise<T>;
   client: ApiClient;
   rateLimiter?: RateLimiter;
+  compression?: CompressionPool;
   signal?: AbortSignal;
   onProgress: (doneBytes: number) => void;
 }
@@ -192,13 +199,18 @@ async function readDisk(
   const sentThisCycle = new Set<string>();
   let changedBytes = 0;
   let sentBytes = 0;
-  const uploads: Promise<number>[] = [];
+  const uploads: { sent: Promise<number>; buffer: Buffer }[] = [];
+  // Window buffers are allocated once and reused: a fresh 16 MiB buffer per window makes glibc's malloc
+  // keep freed ones around (its mmap threshold grows), so memory would climb far past what is in use.
+  const freeBuffers: Buffer[] = [];
+  const windowBytes = WINDOW_CHUNKS * chunkSize;
 
   for (let first = 0; first < index.chunkCount; first += WINDOW_CHUNKS) {
     const last = Math.min(first + WINDOW_CHUNKS, index.chunkCount);
     const windowOffset = first * chunkSize;
     const windowLength = Math.min(source.size - windowOffset, (last - first) * chunkSize);
-    const buffer = Buffer.allocUnsafe(windowLength);
+    const windowBuffer = freeBuffers.pop() ?? Buffer.allocUnsafe(windowBytes);
+    const buffer = windowBuffer.subarray(0, windowLength);
     await source.read(buffer, windowLength, windowOffset);
 
     const candidates: { hash: Buffer; data: Buffer }[] = [];
@@ -219,39 +231,54 @@ async function readDisk(
     }
 
     if (candidates.length) {
-      const upload = uploadMissing(candidates, deps);
-      upload.catch(() => undefined); // a failure is rethrown where the upload is awaited, in order
-      uploads.push(upload);
+      const sent = uploadMissing(candidates, deps);
+      sent.catch(() => undefined); // a failure is rethrown where the upload is awaited, in order
+      uploads.push({ sent, buffer: windowBuffer });
+    } else {
+      freeBuffers.push(windowBuffer);
     }
     // Bounded memory: at most UPLOADS_IN_FLIGHT windows are held while their chunks are sent.
-    while (uploads.length >= UPLOADS_IN_FLIGHT) sentBytes += await uploads.shift()!;
+    while (uploads.length >= UPLOADS_IN_FLIGHT) {
+      const done = uploads.shift()!;
+      sentBytes += await done.sent;
+      freeBuffers.push(done.buffer); // its chunks are sent: the buffer may be read into again
+    }
     deps.onProgress(windowOffset + windowLength);
   }
-  for (const upload of uploads) sentBytes += await upload;
+  for (const upload of uploads) sentBytes += await upload.sent;
   return { index, changedBytes, sentBytes };
 }
 
-/** Asks which candidates the server lacks and sends those in batches; returns the chunk bytes sent. */
+/**
+ * Asks which candidates the server lacks, compresses those (when the agent has a compression pool) and
+ * sends them in batches; returns the payload bytes sent (compressed sizes for compressed chunks).
+ */
 async function uploadMissing(candidates: { hash: Buffer; data: Buffer }[], deps: ReadDeps): Promise<number> {
   const { missing } = await deps.call(() => deps.client.post<{ missing: string[] }>('/chunks/missing', { hashes: candidates.map((c) => c.hash.toString('hex')) }));
   const wanted = new Set(missing);
-  let batch: { hash: Buffer; data: Buffer }[] = [];
+  const toSend = candidates.filter((candidate) => wanted.has(candidate.hash.toString('hex')));
+  const compressed = deps.compression ? await deps.compression.compress(toSend.map((candidate) => candidate.data)) : [];
+  const frames: OutgoingFrame[] = toSend.map((candidate, position) => {
+    const frame = compressed[position];
+    return frame ? { hash: candidate.hash, payload: frame, encoding: FrameEncoding.Zstd } : { hash: candidate.hash, payload: candidate.data, encoding: FrameEncoding.Raw };
+  });
+
+  let batch: OutgoingFrame[] = [];
   let batchBytes = 0;
   let sentBytes = 0;
   const send = async () => {
     if (batch.length === 0) return;
     const body = encodeChunkBatch(batch);
-    await deps.rateLimiter?.take(body.length, deps.signal);
+    await deps.rateLimiter?.take(batchBytes, deps.signal);
     await deps.call(() => deps.client.postBinary('/chunks', body));
-    sentBytes += batch.reduce((total, chunk) => total + chunk.data.length, 0);
+    sentBytes += batch.reduce((total, frame) => total + frame.payload.length, 0);
     batch = [];
     batchBytes = 0;
   };
-  for (const candidate of candidates) {
-    if (!wanted.has(candidate.hash.toString('hex'))) continue;
-    if (batchBytes + candidate.data.length + 64 > MAX_BATCH_BYTES) await send();
-    batch.push(candidate);
-    batchBytes += candidate.data.length + 36;
+  for (const frame of frames) {
+    if (batchBytes + frame.payload.length + FRAME_OVERHEAD > MAX_BATCH_BYTES - 64) await send();
+    batch.push(frame);
+    batchBytes += frame.payload.length + FRAME_OVERHEAD;
   }
   await send();
   return sentBytes;

@@ -95,7 +95,7 @@ export function registerAdminCommands(program: Command): void {
     .command('events')
     .description('recent events, newest first')
     .option('--machine <name>', 'only this machine')
-    .option('--alerts', 'only warnings and errors (health changes, failures)')
+    .option('--alerts', 'only warnings and errors (health changes, failures, resyncs)')
     .option('--limit <n>', 'how many', '50')
     .action(async (options: { machine?: string; alerts?: boolean; limit: string }, command: Command) => {
       const cli = CliContext.of(command);

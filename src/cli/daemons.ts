@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import type { AgentMachine } from '../agent/agent.js';
 import { FerryError } from '../errors.js';
+import { DEFAULT_ZSTD_LEVEL } from '../store/compression-level.js';
 import { parseRate } from '../agent/rate-limiter.js';
 import { parseDuration } from '../util/duration.js';
 import { defaultDataDir } from './context.js';
@@ -62,7 +63,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--name <name>', 'agent name (default: host name)')
     .option('--max-freeze <duration>', 'longest a file system may stay frozen while its disk is read', '60s')
     .option('--max-rate <rate>', 'most data sent per second, e.g. 20M (bytes) or 100mbit (default: no limit)')
-    .action(async (options: { machine: AgentMachine[]; dataDir: string; name?: string; maxFreeze: string; maxRate?: string }, command: Command) => {
+    .option('--compression <level>', `zstd level (1-19) the chunks sent are compressed with, or "none"`, String(DEFAULT_ZSTD_LEVEL))
+    .action(async (options: { machine: AgentMachine[]; dataDir: string; name?: string; maxFreeze: string; maxRate?: string; compression: string }, command: Command) => {
       const globals = command.optsWithGlobals<{ server?: string; token?: string }>();
       const serverUrl = globals.server ?? process.env.FERRY_SERVER;
       const token = globals.token ?? process.env.FERRY_TOKEN;
@@ -76,8 +78,19 @@ export function registerDaemonCommands(program: Command): void {
         name: options.name,
         maxFreezeSeconds: parseDuration(options.maxFreeze, '--max-freeze'),
         ...(options.maxRate ? { maxRateBytesPerSecond: parseRate(options.maxRate) } : {}),
+        compressionLevel: parseCompressionLevel(options.compression),
       });
       onShutdown(() => agent.stop());
       await agent.run();
     });
+}
+
+/** `--compression`: "none", or a zstd level from 1 to 19. */
+function parseCompressionLevel(text: string): number | null {
+  if (text === 'none') return null;
+  const level = Number(text);
+  if (!Number.isInteger(level) || level < 1 || level > 19) {
+    throw new FerryError('invalid-request', `--compression must be a zstd level from 1 to 19 or "none", not '${text}'`);
+  }
+  return level;
 }

@@ -9,6 +9,7 @@ function replicationText(machine: MachineView): string {
   const eta = machine.replication.etaSeconds !== null ? `, ${formatDuration(machine.replication.etaSeconds)} left` : '';
   if (machine.replication.state === 'initial-replication') return `initial replication ${machine.replication.percent ?? 0}%${eta}`;
   if (machine.replication.state === 'replicating') return `replicating ${machine.replication.percent ?? 0}%${eta}`;
+  if (machine.replication.state === 'resyncing') return `resyncing ${machine.replication.percent ?? 0}%${eta}`;
   if (machine.replication.state === 'paused') return 'paused';
   if (machine.replication.state === 'error') return `error: ${machine.replication.error?.code}`;
   return 'idle';
@@ -20,6 +21,7 @@ function printMachine(machine: MachineView): void {
     ['state', machine.state],
     ['health', `${machine.health.level}${machine.health.reasons.length ? ` (${machine.health.reasons.join('; ')})` : ''}`],
     ['replication', replicationText(machine)],
+    ...(machine.replication.resyncReason ? [['resync', machine.replication.resyncReason] as [string, string]] : []),
     ['agent', `${machine.agent.name} (${machine.agent.online ? 'online' : 'offline'}, seen ${formatAge(machine.agent.lastSeenAt)})`],
     ['site', machine.site],
     ['policy', machine.policy],

@@ -11,6 +11,7 @@ function printJob(job: JobView): void {
     ['machine', job.machine],
     ['state', job.state],
     ['step', job.step],
+    ...(job.resyncReason ? [['resync', job.resyncReason] as [string, string]] : []),
     ['progress', `${progressBar(job.progress.percent)} ${formatBytes(job.progress.doneBytes)} of ${formatBytes(job.progress.totalBytes)}`],
     ['created', job.createdAt],
     ['ended', job.endedAt],

@@ -20,7 +20,7 @@ function printStats(stats: StoreStatsView): void {
     ['logical size', `${formatBytes(stats.logicalBytes)} over all points; ${formatBytes(stats.latestLogicalBytes)} in each machine's newest point`],
     ['logical data', `${formatBytes(stats.logicalDataBytes)} (non-zero chunks over all points)`],
     ['unique chunks', `${stats.uniqueChunks}, ${formatBytes(stats.uniqueChunkBytes)}`],
-    ['stored', `${formatBytes(stats.stored.totalBytes)} (${stats.stored.chunks} chunk(s) ${formatBytes(stats.stored.chunkBytes)}, ${stats.stored.indexes} index(es) ${formatBytes(stats.stored.indexBytes)})`],
+    ['stored', `${formatBytes(stats.stored.totalBytes)} (${stats.stored.chunks} chunk(s) in ${stats.stored.packs} pack(s) ${formatBytes(stats.stored.chunkBytes)}, ${stats.stored.indexes} index(es) ${formatBytes(stats.stored.indexBytes)})`],
     [
       'unreferenced',
       `${stats.unreferenced.chunks} chunk(s) ${formatBytes(stats.unreferenced.chunkBytes)}, ${stats.unreferenced.indexes} index(es) ${formatBytes(stats.unreferenced.indexBytes)}`,
@@ -87,6 +87,10 @@ export function registerStoreCommands(program: Command): void {
         const recent = gc.keptRecent.chunks + gc.keptRecent.indexes;
         const heldBack = gc.heldBackByJob ? `, held back by replication job ${gc.heldBackByJob}` : '';
         console.log(`kept ${gc.marked.chunks} referenced chunk(s) and ${recent} unreferenced object(s) newer than ${gc.cutoff}${heldBack}`);
+        console.log(
+          `packs: ${gc.packs.deleted} deleted, ${gc.packs.repacked} rewritten without their dead chunks` +
+            (gc.unreclaimed.chunks > 0 ? `; ${gc.unreclaimed.chunks} dead chunk(s), ${formatBytes(gc.unreclaimed.bytes)}, left in packs that are mostly live` : ''),
+        );
       });
     });
 }

@@ -141,6 +141,12 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // A replication job that is a resync (the agent could not use its memory of the last point) says why.
+  '0002-job-resync-reason': {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('jobs').addColumn('resync_reason', 'text').execute();
+    },
+  },
 };
 
 /** Supplies the migrations above to Kysely's Migrator. */

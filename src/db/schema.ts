@@ -110,6 +110,8 @@ export interface JobTable {
   started_at: number | null;
   ended_at: number | null;
   updated_at: number;
+  /** Set when a replication job is a resync: why the agent could not replicate incrementally. */
+  resync_reason: string | null;
 }
 
 export interface TestFailoverTable {

@@ -38,6 +38,7 @@ export function jobView(row: JobRow, machineName: string | null): JobView {
     createdAt: new Date(row.created_at).toISOString(),
     startedAt: isoOrNull(row.started_at),
     endedAt: isoOrNull(row.ended_at),
+    resyncReason: row.resync_reason,
   };
 }
 
@@ -69,6 +70,7 @@ export class Jobs {
       started_at: null,
       ended_at: null,
       updated_at: now,
+      resync_reason: null,
     };
     await db.insertInto('jobs').values(row).execute();
     signalWork(this.context);

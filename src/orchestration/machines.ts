@@ -17,8 +17,13 @@ import type { Principal } from './tokens.js';
 /** Hook timeout a machine starts with. */
 export const DEFAULT_HOOK_TIMEOUT_SECONDS = 60;
 
+/** How often an agent's last-seen time is written at most (far below any offline threshold). */
+const SEEN_WRITE_INTERVAL_MS = 5_000;
+
 /** Registers, updates, finds and describes machines. */
 export class Machines {
+  /** When each agent's last-seen time was last written (see `touchAgent`). */
+  private readonly seenWrittenAt = new Map<string, number>();
   constructor(private readonly context: CoreContext) {}
 
   /**
@@ -101,9 +106,18 @@ export class Machines {
     });
   }
 
-  /** Marks an agent as seen now (every agent request does). */
+  /**
+   * Marks an agent as seen now (every agent request does). The row is written at most once per
+   * `SEEN_WRITE_INTERVAL_MS` per agent: a durable SQLite commit costs an fsync on the event loop, and
+   * an agent uploading at full speed makes dozens of requests a second, while "last seen" only needs
+   * to be as fine as the offline threshold (minutes).
+   */
   async touchAgent(agentId: string): Promise<void> {
-    await this.context.db.updateTable('agents').set({ last_seen_at: this.context.now() }).where('id', '=', agentId).execute();
+    const now = this.context.now();
+    const written = this.seenWrittenAt.get(agentId);
+    if (written !== undefined && now - written >= 0 && now - written < SEEN_WRITE_INTERVAL_MS) return;
+    this.seenWrittenAt.set(agentId, now);
+    await this.context.db.updateTable('agents').set({ last_seen_at: now }).where('id', '=', agentId).execute();
   }
 
   /** The agent registered under a token, or forbidden if that token has not registered. */
@@ -261,7 +275,9 @@ export class Machines {
         state: activeJob
           ? activeJob.kind === 'initial-replication'
             ? 'initial-replication'
-            : 'replicating'
+            : activeJob.resync_reason !== null
+              ? 'resyncing'
+              : 'replicating'
           : machine.state === 'paused'
             ? 'paused'
             : machine.replication_error
@@ -270,6 +286,7 @@ export class Machines {
         jobId: activeJob?.id ?? null,
         percent: activeJob ? (activeJob.total_bytes > 0 ? Math.floor((activeJob.done_bytes / activeJob.total_bytes) * 1000) / 10 : 0) : null,
         etaSeconds: activeJob ? estimateSeconds(activeJob, currentTime) : null,
+        resyncReason: activeJob?.resync_reason ?? null,
         error: machine.replication_error ? { code: machine.replication_error_code ?? 'unknown', message: machine.replication_error } : null,
       },
       health: { level, reasons: [...critical, ...warning] },

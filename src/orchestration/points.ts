@@ -9,6 +9,7 @@ import type { CommitPointRequest } from '../protocol/requests.js';
 import type { JobView, PointView } from '../protocol/views.js';
 import type { DiskIndex } from '../store/disk-index.js';
 import { pointsToKeep, type RetentionRules } from './retention.js';
+import { faultPoint } from '../util/fault-injection.js';
 import { newId } from '../util/ids.js';
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
@@ -126,6 +127,8 @@ export class Points {
         .where('id', '=', machine.id)
         .execute();
       await this.jobs.transition(job.id, 'succeed', { result: { pointId, consistency: request.consistency } }, db);
+      // Crash tests only (FERRY_FAULT=commit-point): die with every row written but not committed.
+      faultPoint('commit-point');
     });
     const changedBytes = request.disks.reduce((total, disk) => total + disk.changedBytes, 0);
     const sentBytes = request.disks.reduce((total, disk) => total + disk.sentBytes, 0);
@@ -133,7 +136,7 @@ export class Points {
       machineId: machine.id,
       severity: 'info',
       code: machine.state === 'protecting' ? 'initial-replication-done' : 'point-created',
-      message: `${machine.name}: recovery point ${pointId} (${request.consistency}) committed, ${changedBytes} bytes changed, ${sentBytes} sent`,
+      message: `${machine.name}: recovery point ${pointId} (${request.consistency}) committed${job.resync_reason !== null ? ' after a resync' : ''}, ${changedBytes} bytes changed, ${sentBytes} sent`,
     });
     return this.view(pointId);
   }

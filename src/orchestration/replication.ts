@@ -4,7 +4,8 @@
  */
 import { once } from 'node:events';
 import { FerryError } from '../errors.js';
-import type { JobFailRequest, JobProgressRequest, ProtectRequest } from '../protocol/requests.js';
+import type { JobRow } from '../db/schema.js';
+import type { JobFailRequest, JobProgressRequest, JobStartRequest, ProtectRequest } from '../protocol/requests.js';
 import type { AgentJob, JobView, MachineView } from '../protocol/views.js';
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
@@ -69,12 +70,34 @@ export class Replication {
     }
   }
 
-  /** The agent starts (or, after its own restart, resumes) a job. */
-  async start(agentId: string, jobId: string): Promise<JobView> {
+  /**
+   * The agent starts (or, after its own restart, resumes) a job. When the agent reports that it
+   * cannot replicate incrementally (`request.resync`) and the machine already has points, the job
+   * is a resync: its reason is recorded on the job (the machine shows `resyncing` while it runs) and
+   * a warning event once per job. A machine without points ignores the report: that is an initial
+   * replication, which reads everything anyway.
+   */
+  async start(agentId: string, jobId: string, request: JobStartRequest = {}): Promise<JobView> {
     const job = await this.jobs.forAgent(jobId, agentId);
+    if (job.state !== 'queued' && job.state !== 'running') throw new FerryError('conflict', `job ${jobId} is ${job.state}; it cannot be started`);
+    if (request.resync) await this.recordResync(job, request.resync.reason);
     if (job.state === 'queued') await this.jobs.transition(jobId, 'start', { step: 'reading disks' });
-    else if (job.state !== 'running') throw new FerryError('conflict', `job ${jobId} is ${job.state}; it cannot be started`);
     return this.jobs.view(jobId);
+  }
+
+  /** Marks `job` a resync if its machine has points; records the event once per job and reason. */
+  private async recordResync(job: JobRow, reason: string): Promise<void> {
+    if (job.resync_reason === reason) return; // the same cycle resumed after an agent restart
+    const machine = await this.machines.getById(job.machine_id!);
+    const hasPoint = await this.context.db.selectFrom('points').select('id').where('machine_id', '=', machine.id).limit(1).executeTakeFirst();
+    if (!hasPoint) return;
+    await this.context.db.updateTable('jobs').set({ resync_reason: reason, updated_at: this.context.now() }).where('id', '=', job.id).execute();
+    await this.events.record({
+      machineId: machine.id,
+      severity: 'warning',
+      code: 'resync-started',
+      message: `${machine.name}: resynchronising (job ${job.id}): ${reason}`,
+    });
   }
 
   async progress(agentId: string, jobId: string, progress: JobProgressRequest): Promise<void> {

@@ -96,6 +96,19 @@ export const registerAgentRequest = z.object({
 
 export const workQuery = z.object({ waitSeconds: z.coerce.number().min(0).max(60).default(20) });
 
+/**
+ * `POST /agent/jobs/ID/start`. The body is optional (older agents send `{}`). `resync` is set when
+ * the agent's memory of the last point cannot serve this cycle for some disk: it remembers no index
+ * (its state was lost, or discarded after the store reported missing chunks), or the index has
+ * another chunk size, or the disk changed size. Such a disk is read whole and its chunks are checked
+ * with the store wherever that memory does not cover them; `reason` says which disks and why, for a
+ * person. The server treats the cycle as a resync only when the machine already has points: without
+ * one it is an initial replication anyway.
+ */
+export const jobStartRequest = z.object({
+  resync: z.object({ reason: z.string().min(1).max(2000) }).optional(),
+});
+
 export const jobProgressRequest = z.object({
   step: z.string().max(200).optional(),
   doneBytes: z.number().int().nonnegative(),
@@ -135,6 +148,7 @@ export type CreatePolicyRequest = z.infer<typeof createPolicyRequest>;
 export type UpdateMachineRequest = z.infer<typeof updateMachineRequest>;
 export type ProtectRequest = z.infer<typeof protectRequest>;
 export type RegisterAgentRequest = z.infer<typeof registerAgentRequest>;
+export type JobStartRequest = z.infer<typeof jobStartRequest>;
 export type JobProgressRequest = z.infer<typeof jobProgressRequest>;
 export type JobFailRequest = z.infer<typeof jobFailRequest>;
 export type CommitPointRequest = z.infer<typeof commitPointRequest>;

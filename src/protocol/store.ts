@@ -65,6 +65,10 @@ export interface StoreGcView {
   deleted: { indexes: number; chunks: number; bytes: number };
   /** Unreferenced objects kept because they are newer than the cutoff. */
   keptRecent: { indexes: number; chunks: number };
+  /** Packs deleted whole, and packs rewritten without their dead chunks. */
+  packs: { deleted: number; repacked: number };
+  /** Dead chunks left in packs that are still mostly live (reclaimed once more of the pack dies). */
+  unreclaimed: { chunks: number; bytes: number };
   /** The server began to stop before the sweep had looked at every object. */
   interrupted: boolean;
 }

@@ -61,12 +61,18 @@ export interface MachineView {
   disks: DiskView[];
   hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number };
   replication: {
-    /** initial-replication: the first full copy; replicating: a point is being taken; paused: no new points. */
-    state: 'idle' | 'initial-replication' | 'replicating' | 'paused' | 'error';
+    /**
+     * initial-replication: the first full copy; replicating: a point is being taken; resyncing: a
+     * point is being taken by comparing the disks with the store, because the agent could not use
+     * its memory of the last point (`resyncReason` says why); paused: no new points.
+     */
+    state: 'idle' | 'initial-replication' | 'replicating' | 'resyncing' | 'paused' | 'error';
     jobId: string | null;
     percent: number | null;
     /** Estimated seconds until the running job ends, from its progress so far. */
     etaSeconds: number | null;
+    /** While `resyncing`: why; otherwise null. */
+    resyncReason: string | null;
     error: { code: string; message: string } | null;
   };
   health: { level: HealthLevel; reasons: string[] };
@@ -112,6 +118,8 @@ export interface JobView {
   createdAt: string;
   startedAt: string | null;
   endedAt: string | null;
+  /** A replication job that is (or was) a resync: why the agent could not replicate incrementally; else null. */
+  resyncReason: string | null;
 }
 
 export interface EventView {

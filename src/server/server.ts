@@ -9,6 +9,7 @@ import { FerryCore } from '../orchestration/core.js';
 import type { CoreOptions } from '../orchestration/context.js';
 import type { StoreOpenOptions } from '../store/store-config.js';
 import { writeFileDurable } from '../util/durable-fs.js';
+import { armedFault, FAULT_ENV, FAULT_POINTS } from '../util/fault-injection.js';
 import { buildApp } from './app.js';
 
 /** Options of `ferry server`. */
@@ -41,6 +42,15 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const serverFile = path.join(core.dataDir, 'server.json');
   await writeFileDurable(serverFile, JSON.stringify({ url, pid: process.pid }) + '\n');
   core.context.log.info({ url, dataDir: core.dataDir }, 'ferry server listening');
+  const fault = armedFault();
+  if (fault) {
+    core.context.log.warn(
+      { fault: fault.name },
+      fault.known
+        ? `${FAULT_ENV}=${fault.name}: this server will SIGKILL itself at that fault point (crash tests only)`
+        : `${FAULT_ENV}=${fault.name} names no fault point (known: ${FAULT_POINTS.join(', ')}); ignored`,
+    );
+  }
   return {
     url,
     core,

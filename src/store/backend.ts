@@ -13,6 +13,11 @@
  *   or power loss; a crash before it resolves leaves either no object or the previous one, never a
  *   partial one. Writing the same key with the same bytes again is harmless (idempotent).
  * - `get` of a key that does not exist throws FerryError 'not-found'.
+ * - `getRange(key, offset, length)` returns exactly the `length` bytes at `offset` of the object (what
+ *   `get(key).subarray(offset, offset + length)` would), reading no more than needed: pack files are read
+ *   a chunk at a time. 'not-found' when there is no object; 'corrupt-data' (not retryable) when the
+ *   object ends before `offset + length` (a truncated object); 'invalid-request' for a negative or
+ *   non-integer offset or length.
  * - `has` answers from durable state only: true means a `get` will succeed.
  * - `delete` of a missing key is not an error (idempotent).
  * - `list(prefix)` yields every key starting with `prefix` that existed before the call began; keys
@@ -32,8 +37,11 @@ import { FerryError } from '../errors.js';
 export interface StoreBackend {
   /** Human-readable location, for logs and `ferry store stats`. */
   readonly location: string;
-  put(key: string, data: Uint8Array): Promise<void>;
+  /** Stores `data`, or the concatenation of a list of buffers (written without joining them first). */
+  put(key: string, data: Uint8Array | readonly Uint8Array[]): Promise<void>;
   get(key: string): Promise<Buffer>;
+  /** `length` bytes of the object at `offset`; see the contract above for every refusal. */
+  getRange(key: string, offset: number, length: number): Promise<Buffer>;
   has(key: string): Promise<boolean>;
   delete(key: string): Promise<void>;
   list(prefix: string): AsyncIterable<string>;
@@ -64,4 +72,11 @@ export function assertValidKey(key: string): void {
 export function assertValidPrefix(prefix: string): void {
   if (prefix === '') return;
   assertValidKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
+}
+
+/** Throws invalid-request unless `offset` and `length` are non-negative safe integers. */
+export function assertValidRange(key: string, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw new FerryError('invalid-request', `invalid range of '${key}': offset ${offset}, length ${length}`);
+  }
 }

@@ -15,16 +15,24 @@
  * random nonce per object, and authenticates the header together with the object's key as additional
  * data, so an object moved to another key or given another codec byte fails authentication.
  *
- * zstd level: measured on this project's 2-core reference machine (AMD EPYC), 64 KiB chunks, one core:
+ * zstd level: measured on this project's 2-core reference machine (AMD EPYC), 64 KiB chunks, one core.
+ * On text and on binaries alone (first measurement):
  *   level   text (source, docs)                 binaries (/usr/bin, .so)
  *   1       ratio 3.87, 290-320 MiB/s           ratio 2.10, 290-310 MiB/s
- *   2       ratio 3.91, 300 MiB/s               ratio 2.18, 265 MiB/s
  *   3       ratio 4.11, 225-240 MiB/s           ratio 2.21, 170-205 MiB/s
  *   6       ratio 4.47, 70-77 MiB/s             ratio 2.35, 53-65 MiB/s
- *   decompression 950-1150 MiB/s (text) and 550-830 MiB/s (binaries) at every level; random data is
- *   detected as incompressible at 2700+ MiB/s and stored raw. For comparison SHA-256 runs at ~1100 MiB/s
- *   and AES-256-GCM at 320-1400 MiB/s. Level 3 (zstd's own default) gains 5-6% over level 1 and still
- *   compresses about twice as fast as a gigabit link delivers, so it is the default.
+ * On the benchmark's mixed ext4 image (text, binaries, duplicates; bench/disk-image.ts), 161 MiB of
+ * non-zero chunks, under load from other work:
+ *   level 3  ratio 1.67, 123 MiB/s     level 1  ratio 1.62, 245 MiB/s     level -1  ratio 1.45, 254 MiB/s
+ *   level -3 ratio 1.37, 376 MiB/s     level -5 ratio 1.32, 485 MiB/s
+ *   decompression 1100-1500 MiB/s at every level; SHA-256 ~1000 MiB/s.
+ * Level 1 compresses twice as fast as level 3 for a store 3% larger, and compression is the most
+ * expensive step of replication (more than hashing), so new stores and agents use level 1. Random data
+ * is detected as incompressible at 2700+ MiB/s and stored raw. Stores created with another level keep it.
+ *
+ * Agents compress the chunks they send (agent/compression-pool.ts); the server checks such a zstd frame
+ * by inflating it and hashing the result, then stores the frame as it came (`encodeChunkObject`'s
+ * `zstdFrame`), so a chunk is compressed once, where the CPU is, and crosses the network compressed.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import zstd from 'zstd-napi/binding.js';
@@ -42,8 +50,7 @@ export const ChunkCodec = { None: 0, Zstd: 1, Aes256Gcm: 2, Aes256GcmZstd: 3 } a
 const COMPRESSED = 1;
 const ENCRYPTED = 2;
 
-/** The zstd level new stores compress with (see the measurements above). */
-export const DEFAULT_ZSTD_LEVEL = 3;
+export { DEFAULT_ZSTD_LEVEL } from './compression-level.js';
 
 /** Largest payload `decodeChunkObject` inflates to unless told otherwise: the largest chunk size. */
 export const MAX_CHUNK_PAYLOAD = 64 * 1024 * 1024;
@@ -71,12 +78,15 @@ let decompressionContext: zstd.DCtx | null = null;
  * stored under; an encrypted object is bound to it (decoding under another key fails). Compression is
  * used only when it makes the payload smaller, and only after the compressed frame has been decompressed
  * again and found equal to `data`, so a compressor fault can never put wrong bytes in the store.
+ * `zstdFrame`, when given, must be a zstd frame that inflates exactly to `data` (the caller checked it,
+ * as the server does for uploads); it is stored instead of compressing `data` again when it is smaller.
  */
-export function encodeChunkObject(data: Uint8Array, objectKey = '', codec: ObjectCodec = PLAIN_CODEC): Buffer {
+export function encodeChunkObject(data: Uint8Array, objectKey = '', codec: ObjectCodec = PLAIN_CODEC, zstdFrame?: Uint8Array): Buffer {
   let flags = 0;
   let payload: Uint8Array = data;
   if (codec.compressionLevel !== null && data.length > 0) {
-    const compressed = compress(data, codec.compressionLevel);
+    // A frame the caller has already proven to inflate to `data` (see `inflateZstdFrame`) is used as is.
+    const compressed = zstdFrame && zstdFrame.length < data.length ? zstdFrame : compress(data, codec.compressionLevel);
     if (compressed) {
       payload = compressed;
       flags |= COMPRESSED;
@@ -119,7 +129,7 @@ export function decodeChunkObject(object: Buffer, objectKey: string, codec: Obje
   }
   let payload = object.subarray(HEADER_LENGTH);
   if (flags & ENCRYPTED) payload = decrypt(object, payload, objectKey, codec.dataKey);
-  if (flags & COMPRESSED) payload = decompress(payload, objectKey, maxLength);
+  if (flags & COMPRESSED) payload = decompress(payload, `stored object ${objectKey}`, maxLength);
   else if (payload.length > maxLength) {
     throw new FerryError('corrupt-data', `stored object ${objectKey} holds ${payload.length} bytes, more than the ${maxLength} allowed`);
   }
@@ -159,17 +169,35 @@ function compress(data: Uint8Array, level: number): Buffer | null {
   return Buffer.from(compressed); // a copy, so the compressBound-sized buffer is not kept alive
 }
 
-function decompress(frame: Buffer, objectKey: string, maxLength: number): Buffer {
+/**
+ * Inflates a zstd frame of at most `maxLength` bytes (its declared content size is checked before any
+ * allocation). Throws corrupt-data naming `what` for a malformed frame, one without a content size or
+ * one larger than `maxLength`.
+ */
+export function inflateZstdFrame(frame: Uint8Array, what: string, maxLength = MAX_CHUNK_PAYLOAD): Buffer {
+  return decompress(frame, what, maxLength);
+}
+
+/**
+ * A zstd frame of `data` at `level`, or null when compression would not make it smaller (store it raw).
+ * Checked by a round trip like stored objects, so a returned frame always inflates back to `data`.
+ */
+export function compressChunk(data: Uint8Array, level: number): Buffer | null {
+  return data.length > 0 ? compress(data, level) : null;
+}
+
+/** Inflates `frame`; `what` names it in errors ("stored object chunks/ab/...", "uploaded chunk ..."). */
+function decompress(frame: Uint8Array, what: string, maxLength: number): Buffer {
   let contentSize: number | null;
   try {
     contentSize = zstd.getFrameContentSize(frame);
   } catch (error) {
-    throw new FerryError('corrupt-data', `stored object ${objectKey} has a malformed zstd frame: ${(error as Error).message}`);
+    throw new FerryError('corrupt-data', `${what} has a malformed zstd frame: ${(error as Error).message}`);
   }
   // Every frame this code writes records its size; checking it first keeps a damaged or hostile frame
   // from making us allocate more than the largest object there can be.
   if (contentSize === null || contentSize > maxLength) {
-    throw new FerryError('corrupt-data', `stored object ${objectKey} has a zstd frame of ${contentSize === null ? 'unknown' : contentSize} bytes (at most ${maxLength} allowed)`);
+    throw new FerryError('corrupt-data', `${what} has a zstd frame of ${contentSize === null ? 'unknown' : contentSize} bytes (at most ${maxLength} allowed)`);
   }
   decompressionContext ??= new zstd.DCtx();
   const output = Buffer.allocUnsafe(contentSize);
@@ -177,10 +205,10 @@ function decompress(frame: Buffer, objectKey: string, maxLength: number): Buffer
   try {
     written = decompressionContext.decompress(output, frame);
   } catch (error) {
-    throw new FerryError('corrupt-data', `stored object ${objectKey} does not decompress: ${(error as Error).message}`);
+    throw new FerryError('corrupt-data', `${what} does not decompress: ${(error as Error).message}`);
   }
   if (written !== contentSize) {
-    throw new FerryError('corrupt-data', `stored object ${objectKey} decompressed to ${written} bytes, its frame says ${contentSize}`);
+    throw new FerryError('corrupt-data', `${what} decompressed to ${written} bytes, its frame says ${contentSize}`);
   }
   return output;
 }

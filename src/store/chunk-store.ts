@@ -5,17 +5,25 @@
  * index is accepted only once every chunk it names is durably stored. A recovery point (metadata in
  * the database) is published only after its indexes are, so nothing committed ever names missing data.
  *
+ * Chunks are stored in packs (pack.ts): every `putChunks` call writes the chunks the store lacks as one
+ * pack object, so a batch costs one write and one fsync, not one per chunk. Where each chunk lies is
+ * kept in the chunk catalog (chunk-catalog.ts), rebuilt from the pack directories when the store is
+ * opened. Loose chunk objects (chunks/<xx>/<name>, one file per chunk, the layout before packs) stay
+ * readable and are catalogued the same way.
+ *
  * Every chunk is hashed when it is written (it must match its name, and its encoding must decode back to
  * it) and when it is read back. How objects are encoded (zstd, AES-256-GCM) and how a chunk's name maps to
- * its object key (plain, or keyed with a secret in an encrypted store) comes from the store's config
+ * its object name (plain, or keyed with a secret in an encrypted store) comes from the store's config
  * (store-config.ts) and stays inside this class: outside it, a chunk is always named by its plain SHA-256.
  */
 import { createHash, createHmac } from 'node:crypto';
 import { FerryError } from '../errors.js';
 import type { StoreBackend } from './backend.js';
+import { type CatalogEntry, ChunkCatalog, type ChunkContainer } from './chunk-catalog.js';
 import { hashChunk, isAllZero, isHashHex } from './chunking.js';
 import { decodeChunkObject, encodeChunkObject } from './chunk-object.js';
 import { DiskIndex } from './disk-index.js';
+import { buildPack, isPackKey, newPackKey, readPackDirectory } from './pack.js';
 import { openStoreConfig, PLAIN_STORE_SETTINGS, type StoreConfig, type StoreOpenOptions, type StoreSettings } from './store-config.js';
 
 /** Largest index object decoded: far above the 256 MiB the API accepts, far below what a Buffer can hold. */
@@ -23,6 +31,31 @@ const MAX_INDEX_PAYLOAD = 1024 * 1024 * 1024;
 
 /** The first bytes of an index stored raw, as stores did before indexes were wrapped like chunks. */
 const RAW_INDEX_MAGIC = Buffer.from('FRYIDX1\n', 'latin1');
+
+/** A pack is closed once its chunk objects reach this many bytes (a batch upload is at most 32 MiB). */
+const PACK_TARGET_BYTES = 64 * 1024 * 1024;
+/** Backend calls in flight when checking, touching or cataloguing many objects. */
+const IO_CONCURRENCY = 32;
+
+/** One chunk to store: its claimed name (SHA-256 hex) and its bytes. */
+export interface ChunkToStore {
+  hashHex: string;
+  data: Uint8Array;
+  /** A zstd frame known to inflate exactly to `data` (an agent's upload, checked on decoding): stored as is. */
+  zstdFrame?: Uint8Array;
+}
+
+/**
+ * Decides which of a batch's chunks the store already holds, keeping those alive for garbage collection
+ * (`ChunkStore.touchChunks` by default; StoreGuard runs it under its lock). Answers in input order.
+ */
+export type PresenceGate = (hashHexes: readonly string[]) => Promise<boolean[]>;
+
+/** A pack or loose object the catalog could not read when the store was opened. */
+export interface DamagedContainer {
+  key: string;
+  message: string;
+}
 
 /** Store key of a chunk in a store with plain names: chunks/<first two hex>/<hex>. */
 export function chunkKey(hashHex: string): string {
@@ -36,9 +69,14 @@ export function indexKey(indexHashHex: string): string {
 
 /** Content-addressed chunks and indexes over a backend. */
 export class ChunkStore {
+  private loadingCatalog: Promise<ChunkCatalog> | null = null;
+  /** Packs and loose objects that could not be catalogued when the store was opened. */
+  readonly damagedContainers: DamagedContainer[] = [];
+
   /**
    * A store with the given settings, trusted as they are (no config is read). Without settings: plain
    * objects and plain names, the format of stores from before configs existed. Servers use `open`.
+   * The catalog is read from the backend on first use.
    */
   constructor(
     readonly backend: StoreBackend,
@@ -49,12 +87,14 @@ export class ChunkStore {
 
   /**
    * Opens the store on `backend` under its config, creating the config if the store has none (see
-   * `openStoreConfig` for every refusal: 'wrong-key', 'invalid-request', 'conflict', 'corrupt-data').
-   * A refused open writes nothing.
+   * `openStoreConfig` for every refusal: 'wrong-key', 'invalid-request', 'conflict', 'corrupt-data'),
+   * and reads its catalog. A refused open writes nothing.
    */
   static async open(backend: StoreBackend, options: StoreOpenOptions = {}): Promise<ChunkStore> {
     const { config, settings } = await openStoreConfig(backend, options);
-    return new ChunkStore(backend, settings, config);
+    const store = new ChunkStore(backend, settings, config);
+    await store.catalog();
+    return store;
   }
 
   /** True when objects are encrypted and chunk names keyed. */
@@ -63,45 +103,151 @@ export class ChunkStore {
   }
 
   /**
-   * Stores a chunk under its SHA-256. Throws chunk-hash-mismatch (and stores nothing) when the bytes
-   * do not hash to `expectedHashHex`, and invalid-request for an all-zero chunk (those are never stored).
-   * Idempotent: storing a chunk the store already has does nothing.
+   * The catalog of stored chunk objects, read from the backend once (pack directories, then loose
+   * chunk objects). A pack that cannot be read is left out and listed in `damagedContainers`; its
+   * chunks count as missing, so verify names the points that need them and agents send them again.
+   */
+  catalog(): Promise<ChunkCatalog> {
+    this.loadingCatalog ??= this.loadCatalog().catch((error: unknown) => {
+      this.loadingCatalog = null; // a failed read (the medium) is tried again by the next caller
+      throw error;
+    });
+    return this.loadingCatalog;
+  }
+
+  /**
+   * Forgets the in-memory catalog and reads it again from the backend: for when something other than
+   * this store changed the objects (a store restored from a backup, files aged or removed by a test).
+   * After a reload, every chunk counts as touched when its pack was last written or touched.
+   */
+  async reloadCatalog(): Promise<void> {
+    this.loadingCatalog = null;
+    await this.catalog();
+  }
+
+  /**
+   * Stores a chunk under its SHA-256, like `putChunks` with one chunk: chunk-hash-mismatch (nothing
+   * stored) when the bytes do not hash to `expectedHashHex`, invalid-request for a name that is not
+   * SHA-256 hex or an all-zero chunk (those are never stored). Idempotent.
    */
   async putChunk(expectedHashHex: string, data: Uint8Array): Promise<'stored' | 'already-present'> {
-    if (!isHashHex(expectedHashHex)) throw new FerryError('invalid-request', `'${expectedHashHex}' is not a SHA-256 hex name`);
-    const actual = hashChunk(data).toString('hex');
-    if (actual !== expectedHashHex) {
-      throw new FerryError('chunk-hash-mismatch', `chunk sent as ${expectedHashHex} hashes to ${actual}; rejected, nothing stored`, {
-        details: { expected: expectedHashHex, actual },
-      });
+    const { stored } = await this.putChunks([{ hashHex: expectedHashHex, data }]);
+    return stored === 1 ? 'stored' : 'already-present';
+  }
+
+  /**
+   * Stores a batch of chunks: first every chunk is checked (see `checkChunks`), so a batch with one bad
+   * chunk stores nothing; then `gate` says which the store already holds; the rest are encoded and
+   * written as one pack (several for a batch beyond 64 MiB), durably, before this resolves.
+   * Returns how many were received and how many newly stored.
+   */
+  async putChunks(chunks: readonly ChunkToStore[], gate: PresenceGate = (hashes) => this.touchChunks(hashes)): Promise<{ received: number; stored: number }> {
+    this.checkChunks(chunks);
+    const catalog = await this.catalog();
+    const present = await gate(chunks.map((chunk) => chunk.hashHex));
+    const toWrite: { name: string; object: Buffer }[] = [];
+    const queued = new Set<string>();
+    let pending = 0;
+    const flush = async () => {
+      const objects = toWrite.splice(0);
+      pending = 0;
+      if (objects.length === 0) return;
+      const packKey = newPackKey();
+      const pack = buildPack(packKey, objects, this.settings.codec);
+      await this.backend.put(packKey, pack.parts);
+      const now = Date.now();
+      catalog.add({ key: packKey, kind: 'pack', size: pack.size, modifiedAt: now }, pack.entries, now);
+    };
+    for (const [position, chunk] of chunks.entries()) {
+      if (present[position] || queued.has(chunk.hashHex)) continue;
+      queued.add(chunk.hashHex);
+      const name = this.chunkObjectName(chunk.hashHex);
+      const object = encodeChunkObject(chunk.data, chunkKey(name), this.settings.codec, chunk.zstdFrame);
+      toWrite.push({ name, object });
+      pending += object.length;
+      if (pending >= PACK_TARGET_BYTES) await flush();
     }
-    if (isAllZero(data)) throw new FerryError('invalid-request', 'all-zero chunks are never stored; index them as zero');
-    const key = this.chunkObjectKey(expectedHashHex);
-    if (await this.backend.has(key)) return 'already-present';
-    await this.backend.put(key, encodeChunkObject(data, key, this.settings.codec));
-    return 'stored';
+    await flush();
+    return { received: chunks.length, stored: queued.size };
+  }
+
+  /**
+   * Throws unless every chunk may be stored: chunk-hash-mismatch when its bytes do not hash to its
+   * name, invalid-request for a name that is not SHA-256 hex or for an all-zero chunk.
+   */
+  checkChunks(chunks: readonly ChunkToStore[]): void {
+    for (const chunk of chunks) {
+      if (!isHashHex(chunk.hashHex)) throw new FerryError('invalid-request', `'${chunk.hashHex}' is not a SHA-256 hex name`);
+      const actual = hashChunk(chunk.data).toString('hex');
+      if (actual !== chunk.hashHex) {
+        throw new FerryError('chunk-hash-mismatch', `chunk sent as ${chunk.hashHex} hashes to ${actual}; rejected, nothing stored`, {
+          details: { expected: chunk.hashHex, actual },
+        });
+      }
+      if (isAllZero(chunk.data)) throw new FerryError('invalid-request', `chunk ${chunk.hashHex} is all zeros; zero chunks are never stored, index them as zero`);
+    }
+  }
+
+  /**
+   * For each name, whether the store holds that chunk; every chunk answered true has been touched (its
+   * catalog time, and its pack's time on the backend), so garbage collection keeps it for as long as a
+   * job that learnt of it may commit. A pack found missing on the backend is forgotten and its chunks
+   * answered false, so they are sent again. Throws invalid-request for a malformed name.
+   */
+  async touchChunks(hashHexes: readonly string[]): Promise<boolean[]> {
+    const catalog = await this.catalog();
+    const names = hashHexes.map((hash) => this.chunkObjectName(hash));
+    await this.confirmContainers(catalog, names, (key) => this.backend.touch(key));
+    const now = Date.now();
+    return names.map((name) => {
+      const entry = catalog.get(name);
+      if (!entry) return false;
+      entry.touchedAt = now;
+      entry.container.modifiedAt = now;
+      return true;
+    });
   }
 
   /** Reads a chunk, decodes it and checks its hash; throws not-found or corrupt-data. */
   async getChunk(hashHex: string): Promise<Buffer> {
-    const key = this.chunkObjectKey(hashHex);
-    const data = decodeChunkObject(await this.backend.get(key), key, this.settings.codec);
-    if (hashChunk(data).toString('hex') !== hashHex) {
-      throw new FerryError('corrupt-data', `stored chunk ${hashHex} does not match its hash`, { details: { hash: hashHex } });
+    const catalog = await this.catalog();
+    const name = this.chunkObjectName(hashHex);
+    for (let attempt = 1; ; attempt++) {
+      const entry = catalog.get(name);
+      if (!entry) throw new FerryError('not-found', `chunk ${hashHex} is not in the store`, { details: { hash: hashHex } });
+      let object: Buffer;
+      try {
+        object = await this.readEntry(entry);
+      } catch (error) {
+        if (!(error instanceof FerryError) || error.code !== 'not-found') throw error;
+        // Garbage collection may have just moved the chunk to a new pack: look again once.
+        if (catalog.get(name) !== entry && attempt === 1) continue;
+        catalog.forgetContainer(entry.container.key); // gone behind our back: its chunks are missing
+        throw new FerryError('not-found', `chunk ${hashHex} is not in the store (${entry.container.key} is gone)`, { details: { hash: hashHex } });
+      }
+      const data = decodeChunkObject(object, chunkKey(name), this.settings.codec);
+      if (hashChunk(data).toString('hex') !== hashHex) {
+        throw new FerryError('corrupt-data', `stored chunk ${hashHex} does not match its hash`, { details: { hash: hashHex } });
+      }
+      return data;
     }
-    return data;
   }
 
-  /** True when the chunk named `hashHex` is stored (from durable state: a `getChunk` will find it). */
+  /** True when the chunk named `hashHex` is stored: catalogued, and its pack still on the backend. */
   async hasChunk(hashHex: string): Promise<boolean> {
-    return this.backend.has(this.chunkObjectKey(hashHex));
+    return (await this.missingChunks([hashHex])).length === 0;
   }
 
-  /** Of the given hashes, those the store does not hold (in input order, without duplicates). */
+  /**
+   * Of the given hashes, those the store does not hold (in input order, without duplicates). Checks
+   * that the packs holding the others are still on the backend (one check per pack).
+   */
   async missingChunks(hashHexes: readonly string[]): Promise<string[]> {
+    const catalog = await this.catalog();
     const unique = [...new Set(hashHexes)];
-    const present = await mapLimited(unique, 32, (hash) => this.hasChunk(hash));
-    return unique.filter((_, position) => !present[position]);
+    const names = unique.map((hash) => this.chunkObjectName(hash));
+    await this.confirmContainers(catalog, names, (key) => this.backend.has(key));
+    return unique.filter((_, position) => !catalog.get(names[position]!));
   }
 
   /**
@@ -143,20 +289,26 @@ export class ChunkStore {
   }
 
   // --- for maintenance (garbage collection, verify, stats) ---------------------------------------
-  // These speak in backend object keys, so that how a chunk's name maps to its object key (plain or
-  // keyed with a secret) stays inside this class.
+  // These speak in object names and backend keys, so that how a chunk's name maps to its object name
+  // (plain or keyed with a secret) stays inside this class.
 
   /**
-   * The backend object key that holds the chunk named `hashHex`: `chunkKey(hashHex)` in a plain store;
-   * in an encrypted one chunks/<xx>/<HMAC-SHA256(naming key, hash)>, so the object's name says nothing
-   * about its content to anyone without the key. The only place a chunk name becomes an object key.
-   * Throws invalid-request for a name that is not 64 lowercase hex characters.
+   * The name the chunk named `hashHex` is stored under: the hash itself in a plain store; in an
+   * encrypted one HMAC-SHA256(naming key, hash), so no object name says anything about its content to
+   * anyone without the key. The only place a chunk name becomes an object name. Throws invalid-request
+   * for a name that is not 64 lowercase hex characters.
    */
-  chunkObjectKey(hashHex: string): string {
+  chunkObjectName(hashHex: string): string {
     if (!isHashHex(hashHex)) throw new FerryError('invalid-request', `'${hashHex}' is not a SHA-256 hex name`);
     const namingKey = this.settings.namingKey;
-    if (namingKey === null) return chunkKey(hashHex);
-    return chunkKey(createHmac('sha256', namingKey).update(Buffer.from(hashHex, 'hex')).digest('hex'));
+    if (namingKey === null) return hashHex;
+    return createHmac('sha256', namingKey).update(Buffer.from(hashHex, 'hex')).digest('hex');
+  }
+
+  /** Where the chunk named `hashHex` is stored (backend key, offset, length), or null when it is not. */
+  async locateChunk(hashHex: string): Promise<{ key: string; offset: number; length: number } | null> {
+    const entry = (await this.catalog()).get(this.chunkObjectName(hashHex));
+    return entry ? { key: entry.container.key, offset: entry.offset, length: entry.length } : null;
   }
 
   /**
@@ -168,19 +320,99 @@ export class ChunkStore {
     return indexKey(indexHashHex);
   }
 
-  /** Every chunk object key in the store. */
-  listChunkObjectKeys(): AsyncIterable<string> {
-    return this.backend.list('chunks/');
-  }
-
   /** Every index name (hash) in the store. */
   async *listIndexHashes(): AsyncIterable<string> {
     for await (const key of this.backend.list('indexes/')) yield key.slice('indexes/'.length);
   }
 
-  /** Deletes one object by key (garbage collection only: callers must have proved nothing references it). */
+  /** Deletes one index object by key (garbage collection only: callers must have proved nothing references it). */
   async deleteObject(key: string): Promise<void> {
     await this.backend.delete(key);
+  }
+
+  /**
+   * Deletes a pack or loose chunk object (garbage collection only: callers hold the guard exclusively
+   * and have proved no point needs its current entries). The catalog forgets it first, so no reader is
+   * sent to it afterwards.
+   */
+  async deleteContainer(container: ChunkContainer): Promise<void> {
+    (await this.catalog()).forgetContainer(container.key);
+    await this.backend.delete(container.key);
+  }
+
+  /**
+   * Copies the chunk objects named `keep` (current entries of `container`) into a new pack, byte for
+   * byte, then deletes `container` (garbage collection: reclaims the space of its other entries).
+   * The new pack is durable and catalogued before the old one goes. Returns the bytes freed.
+   */
+  async repack(container: ChunkContainer, keep: readonly string[]): Promise<number> {
+    const catalog = await this.catalog();
+    const source = await this.backend.get(container.key);
+    const objects = keep.map((name) => {
+      const entry = catalog.get(name);
+      if (entry?.container !== container) throw new FerryError('internal', `repack of ${container.key}: ${name} is not read from it`);
+      return { name, object: source.subarray(entry.offset, entry.offset + entry.length) };
+    });
+    const packKey = newPackKey();
+    const pack = buildPack(packKey, objects, this.settings.codec);
+    await this.backend.put(packKey, pack.parts);
+    // Moved entries keep their own touch times (touchedAt 0 never lowers one).
+    catalog.add({ key: packKey, kind: 'pack', size: pack.size, modifiedAt: Date.now() }, pack.entries, 0, true);
+    await this.deleteContainer(container);
+    return container.size - pack.size;
+  }
+
+  // --- internals --------------------------------------------------------------------------------
+
+  private async readEntry(entry: CatalogEntry): Promise<Buffer> {
+    const { container } = entry;
+    return container.kind === 'loose' ? this.backend.get(container.key) : this.backend.getRange(container.key, entry.offset, entry.length);
+  }
+
+  /**
+   * Runs `check` (a backend has or touch) once for every container holding one of `names`; a container
+   * the backend no longer has is forgotten, so its chunks count as missing from then on.
+   */
+  private async confirmContainers(catalog: ChunkCatalog, names: readonly string[], check: (key: string) => Promise<boolean>): Promise<void> {
+    const containers = new Map<string, ChunkContainer>();
+    for (const name of names) {
+      const container = catalog.get(name)?.container;
+      if (container) containers.set(container.key, container);
+    }
+    const keys = [...containers.keys()];
+    const exists = await mapLimited(keys, IO_CONCURRENCY, check);
+    keys.forEach((key, position) => {
+      if (!exists[position]) catalog.forgetContainer(key);
+    });
+  }
+
+  private async loadCatalog(): Promise<ChunkCatalog> {
+    const catalog = new ChunkCatalog();
+    this.damagedContainers.length = 0;
+    const packKeys: string[] = [];
+    for await (const key of this.backend.list('packs/')) if (isPackKey(key)) packKeys.push(key);
+    await mapLimited(packKeys, IO_CONCURRENCY, async (key) => {
+      const stat = await this.backend.stat(key);
+      if (!stat) return;
+      try {
+        const entries = await readPackDirectory(this.backend, key, stat.size, this.settings.codec);
+        // After a restart a chunk counts as touched when its pack last was: touches are kept per pack.
+        catalog.add({ key, kind: 'pack', size: stat.size, modifiedAt: stat.modifiedAt }, entries, stat.modifiedAt);
+      } catch (error) {
+        if (error instanceof FerryError && error.code === 'not-found') return; // deleted since it was listed
+        if (!(error instanceof FerryError) || error.code !== 'corrupt-data') throw error;
+        this.damagedContainers.push({ key, message: error.message });
+      }
+    });
+    const looseKeys: string[] = [];
+    for await (const key of this.backend.list('chunks/')) looseKeys.push(key);
+    await mapLimited(looseKeys, IO_CONCURRENCY, async (key) => {
+      const name = key.slice(key.lastIndexOf('/') + 1);
+      if (!isHashHex(name) || key !== chunkKey(name)) return; // not a chunk object: leave it alone
+      const stat = await this.backend.stat(key);
+      if (stat) catalog.add({ key, kind: 'loose', size: stat.size, modifiedAt: stat.modifiedAt }, [{ name, offset: 0, length: stat.size }], stat.modifiedAt);
+    });
+    return catalog;
   }
 }
 

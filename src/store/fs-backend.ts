@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { ensureDirectory, writeFileDurable } from '../util/durable-fs.js';
-import { assertValidKey, assertValidPrefix, type ObjectStat, type StoreBackend } from './backend.js';
+import { assertValidKey, assertValidPrefix, assertValidRange, type ObjectStat, type StoreBackend } from './backend.js';
 
 /** A store backend keeping each object as a file under `root`. */
 export class FilesystemBackend implements StoreBackend {
@@ -14,7 +14,7 @@ export class FilesystemBackend implements StoreBackend {
     this.location = path.resolve(root);
   }
 
-  async put(key: string, data: Uint8Array): Promise<void> {
+  async put(key: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
     const filePath = this.pathOf(key); // validates the key before any I/O
     const directory = path.dirname(filePath);
     await this.io(`write ${key}`, async () => {
@@ -42,6 +42,39 @@ export class FilesystemBackend implements StoreBackend {
         throw new FerryError('not-found', `object '${key}' not found in store ${this.location}`);
       }
       throw ioError(`read ${key}`, error);
+    }
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const filePath = this.pathOf(key);
+    assertValidRange(key, offset, length);
+    let handle;
+    try {
+      handle = await fs.open(filePath, 'r');
+    } catch (error) {
+      if (isAbsent(error)) throw new FerryError('not-found', `object '${key}' not found in store ${this.location}`);
+      throw ioError(`read ${key}`, error);
+    }
+    try {
+      // An empty range reads nothing, so only the size can tell whether it lies past the end.
+      if (length === 0 && offset > (await handle.stat()).size) {
+        throw new FerryError('corrupt-data', `object '${key}' ends before byte ${offset}: it is truncated`);
+      }
+      const buffer = Buffer.allocUnsafe(length);
+      let filled = 0;
+      while (filled < length) {
+        const { bytesRead } = await handle.read(buffer, filled, length - filled, offset + filled);
+        if (bytesRead === 0) {
+          throw new FerryError('corrupt-data', `object '${key}' ends at byte ${offset + filled}, before the ${length} bytes asked for at ${offset}: it is truncated`);
+        }
+        filled += bytesRead;
+      }
+      return buffer;
+    } catch (error) {
+      if (error instanceof FerryError) throw error;
+      throw ioError(`read ${key}`, error);
+    } finally {
+      await handle.close();
     }
   }
 

@@ -11,8 +11,11 @@
  * - uniqueChunks / uniqueChunkBytes: the distinct non-zero chunks the points reference, and their
  *   total length before any compression (from the indexes).
  * - stored: every object in the store, by kind, with its size on the medium (including unreferenced
- *   objects that garbage collection has not removed yet).
+ *   objects that garbage collection has not removed yet). Chunks live in packs: stored.chunks counts
+ *   distinct chunk objects, stored.chunkBytes the packs' sizes (with their directories and the dead
+ *   entries garbage collection has not reclaimed yet), stored.packs the packs.
  * - referencedStoredChunkBytes: stored size of the chunk objects the points reference.
+ * - unreferenced.chunkBytes: stored.chunkBytes minus referencedStoredChunkBytes (pack overhead included).
  * - unreferenced: objects no point references: garbage collection deletes them once they are older
  *   than its cutoff (uploads of a replication in progress are among them until the point commits).
  * - dedupeRatio = logicalDataBytes / uniqueChunkBytes: how many times each stored chunk is used on
@@ -43,7 +46,7 @@ export interface StoreStats {
   referencedIndexes: number;
   /** Referenced indexes that could not be read: the numbers above leave them out (run verify). */
   unreadableIndexes: number;
-  stored: { chunks: number; chunkBytes: number; indexes: number; indexBytes: number; totalBytes: number };
+  stored: { chunks: number; chunkBytes: number; packs: number; indexes: number; indexBytes: number; totalBytes: number };
   referencedStoredChunkBytes: number;
   unreferenced: { chunks: number; chunkBytes: number; indexes: number; indexBytes: number };
   dedupeRatio: number | null;
@@ -71,7 +74,7 @@ export async function storeStats(store: ChunkStore, points: readonly PointForSta
   for (const point of newestByMachine.values()) for (const disk of point.disks) latestLogicalBytes += disk.sizeBytes;
 
   const referencedIndexKeys = new Set<string>();
-  const referencedChunkKeys = new Set<string>();
+  const referencedChunkNames = new Set<string>();
   let logicalDataBytes = 0;
   let uniqueChunkBytes = 0;
   let unreadableIndexes = 0;
@@ -88,27 +91,33 @@ export async function storeStats(store: ChunkStore, points: readonly PointForSta
       if (index.isZeroAt(position)) continue;
       const length = index.lengthAt(position);
       dataBytes += length;
-      const key = store.chunkObjectKey(index.hashAt(position).toString('hex'));
-      if (!referencedChunkKeys.has(key)) {
-        referencedChunkKeys.add(key);
+      const name = store.chunkObjectName(index.hashAt(position).toString('hex'));
+      if (!referencedChunkNames.has(name)) {
+        referencedChunkNames.add(name);
         uniqueChunkBytes += length;
       }
     }
     logicalDataBytes += dataBytes * uses;
   }
 
-  const stored = { chunks: 0, chunkBytes: 0, indexes: 0, indexBytes: 0, totalBytes: 0 };
+  const stored = { chunks: 0, chunkBytes: 0, packs: 0, indexes: 0, indexBytes: 0, totalBytes: 0 };
   const unreferenced = { chunks: 0, chunkBytes: 0, indexes: 0, indexBytes: 0 };
   let referencedStoredChunkBytes = 0;
-  await forEachStat(store, store.listChunkObjectKeys(), signal, (key, size) => {
-    stored.chunks++;
-    stored.chunkBytes += size;
-    if (referencedChunkKeys.has(key)) referencedStoredChunkBytes += size;
-    else {
-      unreferenced.chunks++;
-      unreferenced.chunkBytes += size;
+  // Chunks: from the catalog. A pack's size (its directory and any dead entries included) counts as
+  // stored chunk bytes; a referenced chunk counts its own object's length.
+  const catalog = await store.catalog();
+  for (const container of catalog.containers()) {
+    stored.chunkBytes += container.size;
+    if (container.kind === 'pack') stored.packs++;
+    for (const name of container.names) {
+      const entry = catalog.get(name);
+      if (entry?.container !== container) continue; // a duplicate copy: its bytes are in chunkBytes
+      stored.chunks++;
+      if (referencedChunkNames.has(name)) referencedStoredChunkBytes += entry.length;
+      else unreferenced.chunks++;
     }
-  });
+  }
+  unreferenced.chunkBytes = stored.chunkBytes - referencedStoredChunkBytes;
   await forEachStat(store, indexKeys(store), signal, (key, size) => {
     stored.indexes++;
     stored.indexBytes += size;
@@ -125,7 +134,7 @@ export async function storeStats(store: ChunkStore, points: readonly PointForSta
     logicalBytes,
     latestLogicalBytes,
     logicalDataBytes,
-    uniqueChunks: referencedChunkKeys.size,
+    uniqueChunks: referencedChunkNames.size,
     uniqueChunkBytes,
     referencedIndexes: usesByIndex.size,
     unreadableIndexes,

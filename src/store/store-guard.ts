@@ -17,17 +17,13 @@
  * embedded default). Several server nodes will need a shared lock or a two-phase delete.
  */
 import { FerryError } from '../errors.js';
-import { type ChunkStore, mapLimited } from './chunk-store.js';
-import { hashChunk, isAllZero, isHashHex } from './chunking.js';
+import type { ChunkStore, ChunkToStore } from './chunk-store.js';
+import { isHashHex } from './chunking.js';
 import type { DiskIndex } from './disk-index.js';
 
-/** How many objects one request touches under one hold of the shared lock. */
+/** How many chunks one request checks and touches under one hold of the shared lock. */
 const TOUCH_BATCH = 4096;
-/** How many touches are in flight at once. */
-const TOUCH_CONCURRENCY = 32;
-/** How many chunks of one upload batch are written at once. */
-const PUT_CONCURRENCY = 32;
-/** A stored object that vanishes right after it was written or checked is retried this often. */
+/** A stored index that vanishes right after it was written or checked is retried this often. */
 const VANISHED_RETRIES = 3;
 
 /**
@@ -51,7 +47,7 @@ export class StoreGuard {
     const missing: string[] = [];
     for (let start = 0; start < unique.length; start += TOUCH_BATCH) {
       const batch = unique.slice(start, start + TOUCH_BATCH);
-      const present = await this.lock.shared(() => mapLimited(batch, TOUCH_CONCURRENCY, (hash) => this.store.backend.touch(this.store.chunkObjectKey(hash))));
+      const present = await this.touch(batch);
       batch.forEach((hash, position) => {
         if (!present[position]) missing.push(hash);
       });
@@ -59,36 +55,20 @@ export class StoreGuard {
     return missing;
   }
 
-  /**
-   * `ChunkStore.putChunk`, except that a chunk found already present is touched (and stored again if
-   * garbage collection removed it in between), so it outlives the job that sent it.
-   */
+  /** `ChunkStore.putChunk`, except that a chunk found already present is touched under the lock. */
   async putChunk(hashHex: string, data: Uint8Array): Promise<'stored' | 'already-present'> {
-    for (let attempt = 1; ; attempt++) {
-      const outcome = await this.store.putChunk(hashHex, data);
-      if (outcome === 'stored') return outcome;
-      if (await this.lock.shared(() => this.store.backend.touch(this.store.chunkObjectKey(hashHex)))) return outcome;
-      if (attempt >= VANISHED_RETRIES) throw vanished(`chunk ${hashHex}`);
-    }
+    const { stored } = await this.putChunkBatch([{ hashHex, data }]);
+    return stored === 1 ? 'stored' : 'already-present';
   }
 
   /**
-   * Stores a batch of uploaded chunks: every chunk is checked first (bytes hash to their name, not all
-   * zeros), so a batch with one bad chunk stores nothing; then they are stored several at a time, so
-   * the file system can commit their fsyncs together instead of one after another.
+   * Stores a batch of uploaded chunks (`ChunkStore.putChunks`): every chunk is checked first (bytes hash
+   * to their name, not all zeros), so a batch with one bad chunk stores nothing; chunks the store already
+   * holds are touched under the lock, so they outlive the job that sent them; the rest are written as
+   * one pack, durably, before this resolves.
    */
-  async putChunkBatch(frames: readonly { hashHex: string; data: Uint8Array }[]): Promise<{ received: number; stored: number }> {
-    for (const frame of frames) {
-      const actual = hashChunk(frame.data).toString('hex');
-      if (actual !== frame.hashHex) {
-        throw new FerryError('chunk-hash-mismatch', `chunk sent as ${frame.hashHex} hashes to ${actual}; batch rejected, nothing stored`, {
-          details: { expected: frame.hashHex, actual },
-        });
-      }
-      if (isAllZero(frame.data)) throw new FerryError('invalid-request', `chunk ${frame.hashHex} is all zeros; zero chunks are never stored`);
-    }
-    const outcomes = await mapLimited(frames, PUT_CONCURRENCY, (frame) => this.putChunk(frame.hashHex, frame.data));
-    return { received: frames.length, stored: outcomes.filter((outcome) => outcome === 'stored').length };
+  async putChunkBatch(chunks: readonly ChunkToStore[]): Promise<{ received: number; stored: number }> {
+    return this.store.putChunks(chunks, (hashes) => this.touch(hashes));
   }
 
   /**
@@ -116,6 +96,11 @@ export class StoreGuard {
    */
   exclusive<T>(section: () => Promise<T>): Promise<T> {
     return this.lock.exclusive(section);
+  }
+
+  /** Touches and answers presence under the shared lock (see the module comment). */
+  private touch(hashes: readonly string[]): Promise<boolean[]> {
+    return this.lock.shared(() => this.store.touchChunks(hashes));
   }
 }
 

@@ -101,7 +101,7 @@ export async function verifyStore(store: ChunkStore, points: readonly PointToVer
       index = await store.getIndex(indexHash);
     } catch (error) {
       const kind = integrityProblem(error, 'index');
-      report({ kind, index: indexHash, message: describe(kind, 'index', indexHash, error) }, users);
+      report({ kind, index: indexHash, message: describe(store, kind, 'index', indexHash, error) }, users);
       continue;
     }
 
@@ -153,13 +153,13 @@ export async function verifyStore(store: ChunkStore, points: readonly PointToVer
 async function checkChunk(store: ChunkStore, hash: string, deep: boolean): Promise<{ kind: VerifyProblemKind | null; message: string; bytesRead: number }> {
   try {
     if (!deep) {
-      return (await store.hasChunk(hash)) ? { kind: null, message: '', bytesRead: 0 } : { kind: 'missing-chunk', message: `chunk ${hash} is not in the store`, bytesRead: 0 };
+      return (await store.hasChunk(hash)) ? { kind: null, message: '', bytesRead: 0 } : { kind: 'missing-chunk', message: missingChunkMessage(store, hash), bytesRead: 0 };
     }
     const data = await store.getChunk(hash); // checks the header, the codec's integrity and the hash
     return { kind: null, message: '', bytesRead: data.length };
   } catch (error) {
     const kind = integrityProblem(error, 'chunk');
-    return { kind, message: describe(kind, 'chunk', hash, error), bytesRead: 0 };
+    return { kind, message: describe(store, kind, 'chunk', hash, error), bytesRead: 0 };
   }
 }
 
@@ -175,7 +175,16 @@ function integrityProblem(error: unknown, object: 'index' | 'chunk'): VerifyProb
   throw error;
 }
 
-function describe(kind: VerifyProblemKind, object: 'index' | 'chunk', name: string, error: unknown): string {
+/** "not in the store", naming the packs that could not be read when the store was opened (it may have been in one). */
+function missingChunkMessage(store: ChunkStore, hash: string): string {
+  const damaged = store.damagedContainers;
+  if (damaged.length === 0) return `chunk ${hash} is not in the store`;
+  const named = damaged.slice(0, 3).map((container) => container.key).join(', ');
+  return `chunk ${hash} is not in the store; ${damaged.length} damaged pack(s) could not be read (${named}${damaged.length > 3 ? ', ...' : ''}) and may have held it`;
+}
+
+function describe(store: ChunkStore, kind: VerifyProblemKind, object: 'index' | 'chunk', name: string, error: unknown): string {
+  if (kind === 'missing-chunk') return missingChunkMessage(store, name);
   if (kind.startsWith('missing')) return `${object} ${name} is not in the store`;
   const message = (error as Error).message;
   return message.includes(name) ? message : `${object} ${name} is damaged: ${message}`;

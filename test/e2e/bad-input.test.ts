@@ -9,7 +9,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { ApiClient } from '../../src/client/api-client.js';
-import { encodeChunkBatch } from '../../src/protocol/chunk-batch.js';
+import { encodeChunkBatch, FrameEncoding } from '../../src/protocol/chunk-batch.js';
+import { compressChunk } from '../../src/store/chunk-object.js';
 import { hashChunk } from '../../src/store/chunking.js';
 import { DiskIndex } from '../../src/store/disk-index.js';
 import { writeFilesInImage } from '../../src/demo/ext4-image.js';
@@ -22,6 +23,13 @@ async function raw(server: TestServer, method: string, route: string, options: {
   if (options.body !== undefined) headers['content-type'] = options.type ?? 'application/json';
   const response = await fetch(`${server.url}/api/v1${route}`, { method, headers, body: options.body });
   return { status: response.status, body: (await response.json().catch(() => null)) as { error?: { code: string; message: string } } | null };
+}
+
+/** A zstd frame of `data` (it compresses: the test data is repetitive). */
+function zstdFrameOf(data: Buffer): Buffer {
+  const frame = compressChunk(data, 1);
+  assert.ok(frame, 'the test data compresses');
+  return frame;
 }
 
 test('bad requests are refused with clear errors, and stored points stay intact', async (t) => {
@@ -105,15 +113,26 @@ test('bad requests are refused with clear errors, and stored points stay intact'
     const good = Buffer.alloc(65536, 9);
     const evil = Buffer.alloc(65536, 10);
     const claimed = hashChunk(good);
+    const raw = (hash: Buffer, data: Buffer) => ({ hash, payload: data, encoding: FrameEncoding.Raw });
+    const goodNeighbour = Buffer.alloc(65536, 11);
     await assert.rejects(
-      agent.postBinary('/chunks', encodeChunkBatch([{ hash: hashChunk(Buffer.alloc(65536, 11)), data: Buffer.alloc(65536, 11) }, { hash: claimed, data: evil }])),
+      agent.postBinary('/chunks', encodeChunkBatch([raw(hashChunk(goodNeighbour), goodNeighbour), raw(claimed, evil)])),
       (error: { code: string; message: string }) => error.code === 'chunk-hash-mismatch' && error.message.includes(claimed.toString('hex')),
     );
-    const chunkFile = (hash: Buffer) => path.join(server.dataDir, 'store', 'chunks', hash.toString('hex').slice(0, 2), hash.toString('hex'));
-    await assert.rejects(fs.stat(chunkFile(claimed)), 'the bad chunk is not stored');
-    await assert.rejects(fs.stat(chunkFile(hashChunk(Buffer.alloc(65536, 11)))), 'nor the good one in the same batch');
-    const truncated = encodeChunkBatch([{ hash: claimed, data: good }]).subarray(0, 1000);
+    // A compressed frame is checked by what it inflates to, not trusted.
+    await assert.rejects(
+      agent.postBinary('/chunks', encodeChunkBatch([{ hash: claimed, payload: zstdFrameOf(evil), encoding: FrameEncoding.Zstd }])),
+      (error: { code: string }) => error.code === 'chunk-hash-mismatch',
+    );
+    await assert.rejects(
+      agent.postBinary('/chunks', encodeChunkBatch([{ hash: claimed, payload: Buffer.from('not a zstd frame'), encoding: FrameEncoding.Zstd }])),
+      (error: { code: string; message: string }) => error.code === 'invalid-request' && error.message.includes(claimed.toString('hex')),
+    );
+    const stillMissing = await agent.post<{ missing: string[] }>('/chunks/missing', { hashes: [claimed.toString('hex'), hashChunk(goodNeighbour).toString('hex')] });
+    assert.equal(stillMissing.missing.length, 2, 'neither the bad chunk nor the good one in the same batch was stored');
+    const truncated = Buffer.concat(encodeChunkBatch([raw(claimed, good)])).subarray(0, 1000);
     await assert.rejects(agent.postBinary('/chunks', truncated), (error: { code: string }) => error.code === 'invalid-request');
+    await assert.rejects(agent.postBinary('/chunks', good), (error: { code: string; message: string }) => error.code === 'invalid-request' && /not a chunk batch/.test(error.message));
 
     // An index naming a chunk the store does not hold is refused.
     const index = DiskIndex.empty(65536 * 2, 65536);
@@ -185,9 +204,9 @@ test('a store that lost chunks is healed by the next cycle; the agent does not t
   await ferryJson(server, ['protect', 'vm', '--site', 'dr', '--wait']);
 
   // Lose every stored chunk, as a store restored from an old backup would.
-  const chunks = path.join(server.dataDir, 'store', 'chunks');
-  await fs.rm(chunks, { recursive: true });
-  await fs.mkdir(chunks);
+  const packs = path.join(server.dataDir, 'store', 'packs');
+  await fs.rm(packs, { recursive: true });
+  await fs.mkdir(packs);
   const failed = await ferry(server, ['points', 'create', 'vm', '--wait', '--json']);
   assert.notEqual(failed.code, 0, 'the agent skipped unchanged chunks the store no longer has, and the index is refused');
   assert.equal(failed.json().error.code, 'chunk-missing');

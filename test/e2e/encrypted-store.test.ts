@@ -70,7 +70,7 @@ test('encrypted store: failover restores byte-identical, no plaintext at rest, w
   assert.equal(config.encryption.kdf.name, 'keyfile');
   assert.equal(config.compression.algorithm, 'zstd');
   const stored = await filesUnder(path.join(dataDir, 'store'));
-  assert.ok([...stored.keys()].some((file) => file.startsWith('chunks/')), 'the store holds chunks');
+  assert.ok([...stored.keys()].some((file) => file.startsWith('packs/')), 'the store holds packs of chunks');
   for (const [file, content] of stored) {
     assert.equal(content.includes(MARKER), false, `${file} must not hold plaintext from the disk`);
   }

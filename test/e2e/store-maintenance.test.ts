@@ -11,10 +11,10 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { ApiClient } from '../../src/client/api-client.js';
-import { encodeChunkBatch } from '../../src/protocol/chunk-batch.js';
+import { encodeChunkBatch, FrameEncoding } from '../../src/protocol/chunk-batch.js';
 import type { JobView } from '../../src/protocol/views.js';
-import { decodeChunkObject } from '../../src/store/chunk-object.js';
 import { connectAgent, ferry, ferryJson, sleep, startServer, tempDir, type TestServer, waitFor, waitForJob, restoresIdentical } from './harness.js';
+import { storedChunkEntries } from './store-files.js';
 
 const MiB = 1024 * 1024;
 const CHUNK = 64 * 1024; // the server's default chunk size
@@ -61,20 +61,8 @@ async function chunkHashes(file: string): Promise<Set<string>> {
 /** Sends chunks to the store the way an agent does, so they are stored exactly as real uploads are. */
 async function plantChunks(server: TestServer, agentToken: string, chunks: Buffer[]): Promise<void> {
   const agent = new ApiClient({ baseUrl: server.url, token: agentToken });
-  const frames = chunks.map((data) => ({ hash: createHash('sha256').update(data).digest(), data }));
+  const frames = chunks.map((data) => ({ hash: createHash('sha256').update(data).digest(), payload: data, encoding: FrameEncoding.Raw }));
   await agent.postBinary('/chunks', encodeChunkBatch(frames));
-}
-
-/** Every chunk object file under DATA_DIR/store/chunks/ with the name of the chunk it holds. */
-async function* storedChunkFiles(dataDir: string): AsyncIterable<{ file: string; hash: string }> {
-  const top = path.join(dataDir, 'store', 'chunks');
-  for (const directory of (await fs.readdir(top)).sort()) {
-    for (const name of (await fs.readdir(path.join(top, directory))).sort()) {
-      const file = path.join(top, directory, name);
-      // A plain store (compressed or not): the object decodes without a key.
-      yield { file, hash: sha256(decodeChunkObject(await fs.readFile(file), `chunks/${directory}/${name}`)) };
-    }
-  }
 }
 
 test('gc during replication keeps every point intact; stats show dedupe; verify names the points a damaged chunk affects', async (t) => {
@@ -155,31 +143,32 @@ test('gc during replication keeps every point intact; stats show dedupe; verify 
   assert.ok(stats.compressionRatio > 0.9, `compression ratio ${stats.compressionRatio}`);
   assert.equal((await ferry(server, ['store', 'verify', '--deep'])).code, 0, 'the store verifies clean before it is damaged');
 
-  // Damage: flip a byte in a chunk only point 1 has; delete a chunk only twin's point has.
+  // Damage: flip a byte in a chunk only point 1 has; delete a pack holding a chunk only twin's point has
+  // (twin's cycle wrote its own packs: all it holds is twin's, and every chunk of it goes missing).
   const inPoint1 = await chunkHashes(snapshot1);
   const inPoint2 = await chunkHashes(snapshot2);
   const inTwin = await chunkHashes(twinA);
-  let flipped: string | null = null;
-  let removed: string | null = null;
-  for await (const { file, hash } of storedChunkFiles(server.dataDir)) {
-    if (!flipped && inPoint1.has(hash) && !inPoint2.has(hash) && !inTwin.has(hash)) {
-      const bytes = await fs.readFile(file);
-      bytes[bytes.length - 1]! ^= 0x01;
-      await fs.writeFile(file, bytes);
-      flipped = hash;
-    } else if (!removed && inTwin.has(hash) && !inPoint1.has(hash) && !inPoint2.has(hash)) {
-      await fs.rm(file);
-      removed = hash;
-    }
-    if (flipped && removed) break;
-  }
-  assert.ok(flipped && removed, 'found a chunk of point 1 only and one of twin only');
+  const entries = await storedChunkEntries(server.dataDir);
+  const toFlip = entries.find(({ hash }) => inPoint1.has(hash) && !inPoint2.has(hash) && !inTwin.has(hash));
+  const toRemove = entries.find(({ hash }) => inTwin.has(hash) && !inPoint1.has(hash) && !inPoint2.has(hash));
+  assert.ok(toFlip && toRemove, 'found a chunk of point 1 only and one of twin only');
+  const flipped = toFlip.hash;
+  const bytes = await fs.readFile(toFlip.packFile);
+  bytes[toFlip.offset + toFlip.length - 1]! ^= 0x01;
+  await fs.writeFile(toFlip.packFile, bytes);
+  const removedChunks = entries.filter((entry) => entry.packFile === toRemove.packFile).map((entry) => entry.hash).sort();
+  assert.ok(removedChunks.every((hash) => inTwin.has(hash) && !inPoint1.has(hash) && !inPoint2.has(hash)), "the removed pack holds only twin's chunks");
+  await fs.rm(toRemove.packFile);
+  const missingProblems = removedChunks.map((hash) => ['missing-chunk', hash, [{ machine: 'twin', pointId: twinPoint }]]);
 
   const quick = await ferry(server, ['store', 'verify', '--json']);
   assert.equal(quick.code, 1, `quick verify fails on the missing chunk: ${quick.stderr}`);
   const quickReport = quick.json().error.details.report;
   assert.deepEqual(quickReport.affectedPoints, [{ machine: 'twin', pointId: twinPoint }], 'a quick verify cannot see the flipped byte');
-  assert.deepEqual(quickReport.problems.map((problem: { kind: string; chunk: string }) => [problem.kind, problem.chunk]), [['missing-chunk', removed]]);
+  assert.deepEqual(
+    quickReport.problems.map((problem: { kind: string; chunk: string; points: unknown }) => [problem.kind, problem.chunk, problem.points]).sort(),
+    missingProblems,
+  );
 
   const deep = await ferry(server, ['store', 'verify', '--deep', '--json']);
   assert.equal(deep.code, 1, 'deep verify exits non-zero');
@@ -187,13 +176,9 @@ test('gc during replication keeps every point intact; stats show dedupe; verify 
   assert.equal(body.error.code, 'corrupt-data');
   const report = body.error.details.report;
   assert.equal(report.deep, true);
-  assert.deepEqual(
-    report.problems.map((problem: { kind: string; chunk: string; points: unknown }) => [problem.kind, problem.chunk, problem.points]),
-    [
-      ['missing-chunk', removed, [{ machine: 'twin', pointId: twinPoint }]],
-      ['corrupt-chunk', flipped, [{ machine: 'vm', pointId: point1 }]],
-    ],
-  );
+  const problems = report.problems.map((problem: { kind: string; chunk: string; points: unknown }) => [problem.kind, problem.chunk, problem.points]);
+  assert.deepEqual(problems.filter(([kind]: [string]) => kind === 'missing-chunk').sort(), missingProblems, 'missing chunks are listed first');
+  assert.deepEqual(problems.slice(missingProblems.length), [['corrupt-chunk', flipped, [{ machine: 'vm', pointId: point1 }]]]);
   assert.deepEqual(report.affectedPoints, [
     { machine: 'twin', pointId: twinPoint },
     { machine: 'vm', pointId: point1 },

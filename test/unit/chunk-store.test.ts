@@ -1,19 +1,28 @@
+/**
+ * The chunk store over a real FilesystemBackend: chunks (checked on the way in and out, stored in pack
+ * files, one pack per putChunks call), the catalog rebuilt from pack directories when a store is
+ * reopened, damaged and vanished packs (their chunks count as missing, so they are sent again), loose
+ * chunk files of the layout before packs, and disk indexes.
+ */
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChunkStore, chunkKey, indexKey } from '../../src/store/chunk-store.js';
-import { encodeChunkObject } from '../../src/store/chunk-object.js';
+import type { StoreBackend } from '../../src/store/backend.js';
+import { ChunkStore, chunkKey, indexKey, type ChunkToStore } from '../../src/store/chunk-store.js';
+import { encodeChunkObject, PLAIN_CODEC } from '../../src/store/chunk-object.js';
 import { hashChunk } from '../../src/store/chunking.js';
 import { DiskIndex } from '../../src/store/disk-index.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
-import { collect, ferryError, tempDirFor } from './helpers.js';
+import { isPackKey } from '../../src/store/pack.js';
+import type { StoreSettings } from '../../src/store/store-config.js';
+import { collect, ferryError, flipChunkByte, locateStored, objectFile, objectKeys, patchStoredChunk, storedChunkObject, tempDirFor } from './helpers.js';
 
 /** A chunk store over a fresh directory, with the directory so tests can damage files on disk. */
-async function freshStore(t: TestContext): Promise<{ store: ChunkStore; root: string }> {
+async function freshStore(t: TestContext, settings?: StoreSettings): Promise<{ store: ChunkStore; root: string }> {
   const root = path.join(await tempDirFor(t), 'store');
-  return { store: new ChunkStore(new FilesystemBackend(root)), root };
+  return { store: new ChunkStore(new FilesystemBackend(root), settings), root };
 }
 
 function chunk(length = 4096): { data: Buffer; hash: string } {
@@ -21,13 +30,40 @@ function chunk(length = 4096): { data: Buffer; hash: string } {
   return { data, hash: hashChunk(data).toString('hex') };
 }
 
+/** `count` random chunks as putChunks takes them. */
+function chunks(count: number, length = 4096): ChunkToStore[] {
+  return Array.from({ length: count }, () => {
+    const { data, hash } = chunk(length);
+    return { hashHex: hash, data };
+  });
+}
+
+/** Records the key of every `put` the store makes on its backend. */
+function recordPuts(backend: StoreBackend): string[] {
+  const puts: string[] = [];
+  const put = backend.put.bind(backend);
+  backend.put = async (key, data) => {
+    puts.push(key);
+    return put(key, data);
+  };
+  return puts;
+}
+
 describe('ChunkStore chunks', () => {
-  test('putChunk stores under chunks/<2 hex>/<hex> and getChunk returns the bytes', async (t) => {
+  test('putChunk stores the chunk in a pack of its own under packs/ and getChunk returns the bytes', async (t) => {
     const { store } = await freshStore(t);
     const { data, hash } = chunk();
     assert.equal(await store.putChunk(hash, data), 'stored');
-    assert.equal(chunkKey(hash), `chunks/${hash.slice(0, 2)}/${hash}`);
-    assert.equal(await store.backend.has(chunkKey(hash)), true);
+    const objects = await objectKeys(store);
+    assert.equal(objects.length, 1, `one object, got ${objects.join(', ')}`);
+    const [pack] = objects;
+    assert.ok(isPackKey(pack!), `${pack} is a pack key (packs/<xx>/<32 hex>)`);
+    assert.match(pack!, /^packs\/([0-9a-f]{2})\/\1[0-9a-f]{30}$/);
+    // The pack holds the chunk object exactly as a loose file of the old layout would (header, bytes).
+    assert.deepEqual(await store.locateChunk(hash), { key: pack, offset: 8, length: data.length + 4 });
+    assert.deepEqual(await storedChunkObject(store, hash), encodeChunkObject(data, chunkKey(hash), PLAIN_CODEC));
+    assert.equal(store.chunkObjectName(hash), hash, 'a plain store names objects by their hash');
+    assert.equal(chunkKey(hash), `chunks/${hash.slice(0, 2)}/${hash}`, 'the loose key of the old layout');
     assert.equal(await store.hasChunk(hash), true);
     assert.deepEqual(await store.getChunk(hash), data);
   });
@@ -69,30 +105,27 @@ describe('ChunkStore chunks', () => {
     assert.equal(await store.putChunk(hash, data), 'stored');
     assert.equal(await store.putChunk(hash, data), 'already-present');
     assert.deepEqual(await store.getChunk(hash), data);
-    assert.deepEqual(await collect(store.backend.list('chunks/')), [chunkKey(hash)]);
+    assert.equal((await objectKeys(store, 'packs/')).length, 1, 'the second put writes no pack');
+    assert.deepEqual(await objectKeys(store, 'chunks/'), []);
   });
 
   test('getChunk detects a stored object whose bytes were flipped on disk', async (t) => {
-    const { store, root } = await freshStore(t);
+    const { store } = await freshStore(t);
     const { data, hash } = chunk();
     await store.putChunk(hash, data);
-    const file = path.join(root, ...chunkKey(hash).split('/'));
-    const stored = await fs.readFile(file);
-    stored[stored.length - 100]! ^= 0x04;
-    await fs.writeFile(file, stored);
+    await flipChunkByte(store, hash, -100, 0x04);
     await assert.rejects(store.getChunk(hash), ferryError('corrupt-data', [hash]));
   });
 
   test('getChunk detects a damaged object header', async (t) => {
-    const { store, root } = await freshStore(t);
+    const { store } = await freshStore(t);
     const { data, hash } = chunk();
     await store.putChunk(hash, data);
-    const file = path.join(root, ...chunkKey(hash).split('/'));
-    await fs.writeFile(file, data); // the bare bytes, without the "FC" header
+    await patchStoredChunk(store, hash, (object) => object.write('XY', 0, 'latin1')); // no "FC" magic
     await assert.rejects(store.getChunk(hash), ferryError('corrupt-data', ['header']));
     const unknownCodec = encodeChunkObject(data);
     unknownCodec[3] = 9;
-    await fs.writeFile(file, unknownCodec);
+    await patchStoredChunk(store, hash, (object) => unknownCodec.copy(object));
     await assert.rejects(store.getChunk(hash), ferryError('corrupt-data', ['codec 9']));
   });
 
@@ -117,6 +150,219 @@ describe('ChunkStore chunks', () => {
     for (const [position, stored] of chunks.entries()) if (position % 3 === 0) await store.putChunk(stored.hash, stored.data);
     const expected = chunks.filter((_, position) => position % 3 !== 0).map((missing) => missing.hash);
     assert.deepEqual(await store.missingChunks(chunks.map((each) => each.hash)), expected);
+  });
+});
+
+describe('ChunkStore packs and the catalog', () => {
+  const HOUR = 3600_000;
+  const hashesOf = (list: readonly ChunkToStore[]) => list.map((each) => each.hashHex);
+
+  test('putChunks writes a batch as one pack: one backend put, the chunks back to back, each read back', async (t) => {
+    const { store } = await freshStore(t);
+    const batch = chunks(20);
+    const puts = recordPuts(store.backend);
+    assert.deepEqual(await store.putChunks([...batch, batch[3]!]), { received: 21, stored: 20 }, 'a chunk twice in a batch is stored once');
+    assert.equal(puts.length, 1, `one put for the whole batch, got ${puts.join(', ')}`);
+    assert.ok(isPackKey(puts[0]!));
+    assert.deepEqual(await objectKeys(store), puts, 'the pack is the only object');
+    const located = await Promise.all(batch.map((each) => locateStored(store, each.hashHex)));
+    for (const where of located) assert.equal(where.key, puts[0]);
+    located.sort((a, b) => a.offset - b.offset);
+    assert.equal(located[0]!.offset, 8, 'entries start after the "FRYPACK1" magic');
+    for (let n = 1; n < located.length; n++) assert.equal(located[n]!.offset, located[n - 1]!.offset + located[n - 1]!.length, 'entries lie back to back');
+    assert.deepEqual([...(await store.catalog()).container(puts[0]!)!.names].sort(), hashesOf(batch).sort());
+    for (const each of batch) assert.deepEqual(await store.getChunk(each.hashHex), each.data);
+  });
+
+  test('chunks the store already holds are not written again; a batch of only those writes nothing', async (t) => {
+    const { store } = await freshStore(t);
+    const [a, b, c] = chunks(3);
+    await store.putChunks([a!, b!]);
+    const puts = recordPuts(store.backend);
+    assert.deepEqual(await store.putChunks([a!, b!, c!, a!]), { received: 4, stored: 1 });
+    assert.equal(puts.length, 1);
+    assert.deepEqual((await store.catalog()).container(puts[0]!)?.names, [c!.hashHex], 'the new pack holds only the new chunk');
+    assert.equal(await store.putChunk(a!.hashHex, a!.data), 'already-present');
+    assert.deepEqual(await store.putChunks([c!, b!]), { received: 2, stored: 0 });
+    assert.equal(puts.length, 1, 'nothing new: no write at all');
+    assert.equal((await objectKeys(store, 'packs/')).length, 2);
+  });
+
+  test('putChunks with one bad chunk in the batch stores none of it', async (t) => {
+    const { store } = await freshStore(t);
+    const batch = chunks(5);
+    const wrong = { hashHex: batch[2]!.hashHex, data: randomBytes(4096) };
+    await assert.rejects(store.putChunks([batch[0]!, batch[1]!, wrong, batch[3]!]), ferryError('chunk-hash-mismatch', [wrong.hashHex]));
+    await assert.rejects(store.putChunks([batch[0]!, { hashHex: hashChunk(Buffer.alloc(4096)).toString('hex'), data: Buffer.alloc(4096) }]), ferryError('invalid-request', ['zero']));
+    assert.deepEqual(await objectKeys(store), []);
+    assert.deepEqual(await store.missingChunks(hashesOf(batch)), hashesOf(batch));
+  });
+
+  const layouts: [string, (directory: string) => Promise<Parameters<typeof ChunkStore.open>[1]>][] = [
+    ['plain', async () => ({ compression: 'none' })],
+    ['zstd', async () => ({})],
+    [
+      'encrypted',
+      async (directory) => {
+        const keyFile = path.join(directory, 'store.key');
+        await fs.writeFile(keyFile, randomBytes(32));
+        return { keyFile };
+      },
+    ],
+  ];
+  for (const [name, optionsFor] of layouts) {
+    test(`a reopened ${name} store reads every chunk back: its catalog is rebuilt from the pack directories`, async (t) => {
+      const directory = await tempDirFor(t);
+      const root = path.join(directory, 'store');
+      const options = await optionsFor(directory);
+      const store = await ChunkStore.open(new FilesystemBackend(root), options);
+      // Compressible and incompressible chunks, in one batch and in packs of their own.
+      const text = (marker: string) => Buffer.from(`${marker} `.repeat(1000));
+      const batch = [...chunks(3), ...['one', 'two'].map((marker) => ({ hashHex: hashChunk(text(marker)).toString('hex'), data: text(marker) }))];
+      const singles = chunks(3, 1000);
+      await store.putChunks(batch);
+      for (const each of singles) await store.putChunk(each.hashHex, each.data);
+      const all = [...batch, ...singles];
+      const before = await Promise.all(all.map((each) => locateStored(store, each.hashHex)));
+
+      const reopened = await ChunkStore.open(new FilesystemBackend(root), options);
+      assert.deepEqual(reopened.damagedContainers, []);
+      const catalog = await reopened.catalog();
+      assert.equal(catalog.size, all.length);
+      assert.equal(catalog.containers().length, 4);
+      assert.deepEqual(await Promise.all(all.map((each) => reopened.locateChunk(each.hashHex))), before, 'every chunk found where it was written');
+      const unknown = chunk().hash;
+      assert.deepEqual(await reopened.missingChunks([...hashesOf(all), unknown]), [unknown]);
+      for (const each of all) assert.deepEqual(await reopened.getChunk(each.hashHex), each.data);
+    });
+  }
+
+  test('a pack damaged when the store is opened is listed; its chunks count as missing, others read, and they can be stored again', async (t) => {
+    const { store, root } = await freshStore(t);
+    const damaged = chunks(3);
+    const sound = chunks(2);
+    await store.putChunks(damaged);
+    await store.putChunks(sound);
+    const { key } = await locateStored(store, damaged[0]!.hashHex);
+    const file = objectFile(store, key);
+    await fs.truncate(file, (await fs.stat(file)).size - 5); // the trailer is cut off
+
+    const reopened = new ChunkStore(new FilesystemBackend(root));
+    assert.deepEqual(await reopened.missingChunks([...hashesOf(sound), ...hashesOf(damaged)]), hashesOf(damaged));
+    assert.deepEqual(reopened.damagedContainers.map((container) => container.key), [key]);
+    assert.match(reopened.damagedContainers[0]!.message, new RegExp(key));
+    for (const each of sound) assert.deepEqual(await reopened.getChunk(each.hashHex), each.data);
+    for (const each of damaged) await assert.rejects(reopened.getChunk(each.hashHex), ferryError('not-found', [each.hashHex]));
+    assert.equal(await reopened.hasChunk(damaged[1]!.hashHex), false);
+
+    // An agent told they are missing sends them again; the damaged pack is left for an operator to look at.
+    assert.deepEqual(await reopened.putChunks(damaged), { received: 3, stored: 3 });
+    for (const each of damaged) assert.deepEqual(await reopened.getChunk(each.hashHex), each.data);
+    assert.equal(await reopened.backend.has(key), true);
+  });
+
+  test('a loose chunk file of the layout before packs is read, counted, checked and not stored again', async (t) => {
+    const { root } = await freshStore(t);
+    const backend = new FilesystemBackend(root);
+    const legacy = chunk();
+    const legacyObject = encodeChunkObject(legacy.data, chunkKey(legacy.hash), PLAIN_CODEC);
+    await backend.put(chunkKey(legacy.hash), legacyObject);
+    await backend.put('chunks/ab/not-a-chunk', Buffer.from('left alone'));
+    const store = new ChunkStore(backend);
+
+    assert.deepEqual(await store.locateChunk(legacy.hash), { key: chunkKey(legacy.hash), offset: 0, length: legacyObject.length });
+    assert.equal((await store.catalog()).size, 1, 'the loose chunk is catalogued; a file not named by a hash is not');
+    assert.equal((await store.catalog()).container(chunkKey(legacy.hash))?.kind, 'loose');
+    assert.deepEqual(await store.getChunk(legacy.hash), legacy.data);
+    assert.equal(await store.hasChunk(legacy.hash), true);
+    assert.deepEqual(await store.touchChunks([legacy.hash]), [true]);
+    assert.equal(await store.putChunk(legacy.hash, legacy.data), 'already-present');
+    assert.deepEqual(await objectKeys(store, 'packs/'), [], 'a chunk held loose is not packed again');
+
+    const packed = chunk();
+    await store.putChunk(packed.hash, packed.data);
+    assert.equal((await store.catalog()).size, 2);
+    await flipChunkByte(store, legacy.hash, -1);
+    await assert.rejects(store.getChunk(legacy.hash), ferryError('corrupt-data', [legacy.hash]));
+    await backend.delete(chunkKey(legacy.hash));
+    assert.deepEqual(await store.missingChunks([legacy.hash, packed.hash]), [legacy.hash]);
+  });
+
+  /** A store holding `kept` in a pack of its own and `lost` in a pack deleted behind the store's back. */
+  async function storeWithLostPack(t: TestContext) {
+    const { store } = await freshStore(t);
+    const [kept] = chunks(1);
+    const lost = chunks(2);
+    await store.putChunks([kept!]);
+    await store.putChunks(lost);
+    const { key: lostPack } = await locateStored(store, lost[0]!.hashHex);
+    await store.backend.delete(lostPack);
+    return { store, kept: kept!, lost, lostPack };
+  }
+
+  test('a pack deleted behind the store\'s back: missingChunks reports its chunks missing and the catalog forgets them', async (t) => {
+    const { store, kept, lost } = await storeWithLostPack(t);
+    assert.equal(await store.hasChunk(lost[0]!.hashHex), false);
+    assert.deepEqual(await store.missingChunks([kept.hashHex, ...hashesOf(lost)]), hashesOf(lost));
+    for (const each of lost) assert.equal(await store.locateChunk(each.hashHex), null);
+    assert.equal(await store.hasChunk(kept.hashHex), true);
+  });
+
+  test('a pack deleted behind the store\'s back: touchChunks answers its chunks missing, and putChunks stores them again', async (t) => {
+    const { store, kept, lost } = await storeWithLostPack(t);
+    assert.deepEqual(await store.touchChunks([...hashesOf(lost), kept.hashHex]), [false, false, true]);
+    assert.deepEqual(await store.putChunks([...lost, kept]), { received: 3, stored: 2 }, 'the lost chunks are written again, the kept one is not');
+    for (const each of [...lost, kept]) assert.deepEqual(await store.getChunk(each.hashHex), each.data);
+  });
+
+  test('a pack deleted behind the store\'s back: getChunk throws not-found naming the pack, and its chunks count as missing after', async (t) => {
+    const { store, kept, lost, lostPack } = await storeWithLostPack(t);
+    await assert.rejects(store.getChunk(lost[1]!.hashHex), ferryError('not-found', [lost[1]!.hashHex, lostPack]));
+    assert.equal(await store.locateChunk(lost[0]!.hashHex), null, 'the whole pack is forgotten, not only the chunk read');
+    await assert.rejects(store.getChunk(lost[0]!.hashHex), ferryError('not-found', [lost[0]!.hashHex]));
+    assert.deepEqual(await store.getChunk(kept.hashHex), kept.data);
+  });
+
+  test('getChunk follows a chunk that garbage collection moved to a new pack while it was being read', async (t) => {
+    const { store } = await freshStore(t);
+    const [x, y] = chunks(2);
+    await store.putChunks([x!, y!]);
+    const { key: oldPack } = await locateStored(store, x!.hashHex);
+    const backend = store.backend;
+    const getRange = backend.getRange.bind(backend);
+    let moved = false;
+    backend.getRange = async (key, offset, length) => {
+      if (key === oldPack && !moved) {
+        // The collector repacks between the catalog lookup and the read: the old pack is gone.
+        moved = true;
+        await store.repack((await store.catalog()).container(oldPack)!, [x!.hashHex, y!.hashHex]);
+      }
+      return getRange(key, offset, length);
+    };
+    assert.deepEqual(await store.getChunk(x!.hashHex), x!.data);
+    assert.equal(moved, true, 'the read did race the repack');
+    assert.equal(await backend.has(oldPack), false);
+    assert.notEqual((await locateStored(store, x!.hashHex)).key, oldPack);
+    assert.deepEqual(await store.getChunk(y!.hashHex), y!.data);
+  });
+
+  test('touchChunks refreshes the pack file\'s time, so a touch outlives a reopen', async (t) => {
+    const { store, root } = await freshStore(t);
+    const [x] = chunks(1);
+    await store.putChunks([x!]);
+    const { key } = await locateStored(store, x!.hashHex);
+    const old = Math.floor(Date.now() / 1000) * 1000 - 2 * HOUR;
+    const when = new Date(old);
+    await fs.utimes(objectFile(store, key), when, when);
+    await store.reloadCatalog();
+    assert.equal((await store.catalog()).get(x!.hashHex)?.touchedAt, old, 'after a reload a chunk is as old as its pack file');
+
+    assert.deepEqual(await store.touchChunks([x!.hashHex, chunk().hash]), [true, false]);
+    const recent = Date.now() - 60_000;
+    assert.ok((await store.catalog()).get(x!.hashHex)!.touchedAt > recent);
+    assert.ok((await store.backend.stat(key))!.modifiedAt > recent, 'the pack file itself was touched');
+    const reopened = new ChunkStore(new FilesystemBackend(root));
+    assert.ok((await reopened.catalog()).get(x!.hashHex)!.touchedAt > recent);
   });
 });
 

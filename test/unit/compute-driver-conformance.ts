@@ -7,10 +7,10 @@ import { existsSync, readFileSync, promises as fs } from 'node:fs';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ComputeDriver, PlannedDisk, RecoveryInstance } from '../../src/compute/driver.js';
-import { type ChunkStore, chunkKey } from '../../src/store/chunk-store.js';
+import type { ChunkStore } from '../../src/store/chunk-store.js';
 import { hashChunk } from '../../src/store/chunking.js';
 import type { DiskIndex } from '../../src/store/disk-index.js';
-import { buildDisk, storeDisk } from './helpers.js';
+import { buildDisk, loseChunk, storeDisk } from './helpers.js';
 
 /** A driver under test, the store it restores from, the site directory it works in, and disposal. */
 export interface DriverUnderTest {
@@ -116,7 +116,7 @@ export function computeDriverConformance(name: string, makeDriver: () => Promise
       const lost = buildDisk(CHUNK_SIZE, ['random', 'random']);
       const lostIndex = await storeDisk(store, lost, CHUNK_SIZE);
       const missingHash = lostIndex.hashAt(1).toString('hex');
-      await store.backend.delete(chunkKey(missingHash));
+      await loseChunk(store, missingHash);
       const [broken] = driver.plan(instance, [{ position: 2, sizeBytes: lost.length }]);
       const withBroken = [...work, { planned: broken!, index: lostIndex }];
 

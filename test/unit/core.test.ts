@@ -6,6 +6,7 @@ import { pino } from 'pino';
 import { FerryCore } from '../../src/orchestration/core.js';
 import type { Principal } from '../../src/orchestration/tokens.js';
 import type { RegisterAgentRequest } from '../../src/protocol/requests.js';
+import { DiskIndex } from '../../src/store/disk-index.js';
 import { ferryError, makeTempDir } from './helpers.js';
 
 /**
@@ -304,5 +305,77 @@ describe('FerryCore protection and points', () => {
     const [first, second] = await Promise.all([core.points.request('web-01'), core.points.request('web-01')]);
     assert.equal(first.id, second.id);
     assert.equal((await core.jobs.pendingForAgent(agentId)).length, 1);
+  });
+});
+
+describe('FerryCore resync', () => {
+  const resync = { resync: { reason: 'disk 0: the agent has no record of the last point' } };
+
+  /** Commits the running job of web-01 as an agent would, with all-zero disks (their indexes name no chunk). */
+  async function commitJob(core: FerryCore, agentId: string, jobId: string) {
+    const disks = await core.machines.disksOf((await core.machines.get('web-01')).id);
+    const committed = [];
+    for (const disk of disks) {
+      const indexHash = await core.context.store.putIndex(DiskIndex.empty(disk.size_bytes!, 65536));
+      committed.push({ diskId: disk.id, indexHash, changedBytes: 0, sentBytes: 0 });
+    }
+    return core.points.commit(agentId, { jobId, takenAt: Date.now(), consistency: 'inconsistent', note: null, disks: committed });
+  }
+
+  test('a resync reported for an initial replication is ignored: nothing to resync without a point', async (t) => {
+    const { core, agentId } = await registeredCore(t);
+    const { job } = await core.replication.protect('web-01', { site: 'dr', policy: 'default' });
+    const started = await core.replication.start(agentId, job.id, resync);
+    assert.equal(started.resyncReason, null);
+    assert.equal((await core.machines.view('web-01')).replication.state, 'initial-replication');
+    assert.deepEqual((await core.events.list({ limit: 50 })).filter((event) => event.code === 'resync-started'), []);
+  });
+
+  test('a point job the agent starts as a resync shows resyncing with percent, ETA and reason; one warning event; ends idle', async (t) => {
+    const { core, agentId } = await registeredCore(t);
+    const { job: initial } = await core.replication.protect('web-01', { site: 'dr', policy: 'default' });
+    await core.replication.start(agentId, initial.id, resync);
+    await commitJob(core, agentId, initial.id);
+
+    const job = await core.points.request('web-01');
+    assert.equal((await core.machines.view('web-01')).replication.state, 'replicating', 'queued: not known to be a resync yet');
+    const started = await core.replication.start(agentId, job.id, resync);
+    assert.equal(started.state, 'running');
+    assert.equal(started.resyncReason, resync.resync.reason);
+    let clock = Date.now();
+    core.context.now = () => clock;
+    clock += 10_000;
+    await core.replication.progress(agentId, job.id, { doneBytes: 3 << 20, totalBytes: 12 << 20, step: 'reading disk 0' });
+    const view = await core.machines.view('web-01');
+    assert.equal(view.replication.state, 'resyncing');
+    assert.equal(view.replication.jobId, job.id);
+    assert.equal(view.replication.resyncReason, resync.resync.reason);
+    assert.equal(view.replication.percent, 25);
+    assert.ok(view.replication.etaSeconds !== null && view.replication.etaSeconds >= 29, `ETA ${view.replication.etaSeconds}s: 3 of 12 MiB in about 10 s`);
+    assert.equal(view.health.level, 'healthy', 'a resync is not a fault');
+
+    // The agent restarted and resumed the same cycle: still one event.
+    await core.replication.start(agentId, job.id, resync);
+    const events = (await core.events.list({ limit: 50, alertsOnly: true })).filter((event) => event.code === 'resync-started');
+    assert.equal(events.length, 1);
+    assert.equal(events[0]!.severity, 'warning');
+    assert.match(events[0]!.message, /web-01: resynchronising .*no record of the last point/);
+
+    await commitJob(core, agentId, job.id);
+    const after = await core.machines.view('web-01');
+    assert.equal(after.replication.state, 'idle');
+    assert.equal(after.replication.resyncReason, null);
+    assert.equal((await core.jobs.view(job.id)).resyncReason, resync.resync.reason, 'the job keeps its reason');
+    assert.match((await core.events.list({ limit: 1 }))[0]!.message, /committed after a resync/);
+  });
+
+  test('a point job started without a resync report is replicating, and an empty start body is accepted', async (t) => {
+    const { core, agentId } = await registeredCore(t);
+    const { job: initial } = await core.replication.protect('web-01', { site: 'dr', policy: 'default' });
+    await core.replication.start(agentId, initial.id);
+    await commitJob(core, agentId, initial.id);
+    const job = await core.points.request('web-01');
+    assert.equal((await core.replication.start(agentId, job.id, {})).resyncReason, null);
+    assert.equal((await core.machines.view('web-01')).replication.state, 'replicating');
   });
 });

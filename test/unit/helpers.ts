@@ -94,3 +94,79 @@ export async function publishIndex(store: ChunkStore, hashes: readonly (string |
   hashes.forEach((hash, position) => hash && built.setHash(position, Buffer.from(hash, 'hex')));
   return store.putIndex(built);
 }
+
+// --- reaching into a store's files, as a disk fault or an operator would ---------------------------
+// Chunks live in pack files (packs/<xx>/<32 hex>, see src/store/pack.ts); `ChunkStore.locateChunk` says
+// which object holds a chunk and where. These helpers need a store over a FilesystemBackend, whose
+// `location` is its root directory.
+
+/** The file holding object `key` of a store over a FilesystemBackend. */
+export function objectFile(store: ChunkStore, key: string): string {
+  return path.join(store.backend.location, ...key.split('/'));
+}
+
+/** Where chunk `hash` is stored (pack or loose object, offset, length); fails the test if it is not catalogued. */
+export async function locateStored(store: ChunkStore, hash: string): Promise<{ key: string; offset: number; length: number }> {
+  const location = await store.locateChunk(hash);
+  assert.ok(location, `chunk ${hash} should be in the store's catalog`);
+  return location;
+}
+
+/** The stored object of chunk `hash` (header and payload), as its pack or loose file holds it. */
+export async function storedChunkObject(store: ChunkStore, hash: string): Promise<Buffer> {
+  const { key, offset, length } = await locateStored(store, hash);
+  return store.backend.getRange(key, offset, length);
+}
+
+/**
+ * Rewrites chunk `hash`'s stored object on disk in place: `change` gets a view of exactly the object's
+ * bytes inside its pack (nothing else of the pack can be changed through it).
+ */
+export async function patchStoredChunk(store: ChunkStore, hash: string, change: (object: Buffer) => void): Promise<void> {
+  const { key, offset, length } = await locateStored(store, hash);
+  const file = objectFile(store, key);
+  const bytes = await fs.readFile(file);
+  change(bytes.subarray(offset, offset + length));
+  await fs.writeFile(file, bytes);
+}
+
+/** Flips `mask` in one byte of chunk `hash`'s stored object; `at` counts from the object's start, negative from its end. */
+export async function flipChunkByte(store: ChunkStore, hash: string, at = -1, mask = 0x01): Promise<void> {
+  await patchStoredChunk(store, hash, (object) => {
+    object[at < 0 ? object.length + at : at]! ^= mask;
+  });
+}
+
+/**
+ * Loses chunk `hash` behind the store's back (a disk fault, an operator's rm): deletes the pack holding
+ * it, which must hold no other chunk (true of every chunk stored with its own `putChunk` call).
+ * Returns the deleted key.
+ */
+export async function loseChunk(store: ChunkStore, hash: string): Promise<string> {
+  const { key } = await locateStored(store, hash);
+  const container = (await store.catalog()).container(key);
+  assert.deepEqual(container?.names, [store.chunkObjectName(hash)], `${key} should hold chunk ${hash} alone`);
+  await store.backend.delete(key);
+  return key;
+}
+
+/**
+ * Sets the modification time of the objects at `keys` to `ms` (epoch milliseconds) and reloads the
+ * store's catalog, which keeps chunk touch times in memory and takes them from the pack files' times
+ * only when it is read.
+ */
+export async function setModified(store: ChunkStore, keys: Iterable<string>, ms: number): Promise<void> {
+  const when = new Date(ms);
+  for (const key of keys) await fs.utimes(objectFile(store, key), when, when);
+  await store.reloadCatalog();
+}
+
+/** Ages chunk `hash` to `ms` by setting its pack's time (every chunk sharing the pack ages with it). */
+export async function ageChunk(store: ChunkStore, hash: string, ms: number): Promise<void> {
+  await setModified(store, [(await locateStored(store, hash)).key], ms);
+}
+
+/** Every object key under `prefix` ("" for the whole store), sorted. */
+export async function objectKeys(store: ChunkStore, prefix = ''): Promise<string[]> {
+  return (await collect(store.backend.list(prefix))).sort();
+}

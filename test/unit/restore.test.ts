@@ -2,10 +2,10 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChunkStore, chunkKey } from '../../src/store/chunk-store.js';
+import { ChunkStore } from '../../src/store/chunk-store.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { restoreDiskToFile } from '../../src/store/restore.js';
-import { buildDisk, ferryError, storeDisk, tempDirFor, type ChunkFill } from './helpers.js';
+import { buildDisk, ferryError, flipChunkByte, loseChunk, storeDisk, tempDirFor, type ChunkFill } from './helpers.js';
 
 const CHUNK_SIZE = 64 * 1024;
 
@@ -66,7 +66,7 @@ describe('restoreDiskToFile', () => {
     const { store, directory } = await setUp(t);
     const disk = buildDisk(CHUNK_SIZE, Array.from({ length: 40 }, (): ChunkFill => 'random'));
     const index = await storeDisk(store, disk, CHUNK_SIZE);
-    await store.backend.delete(chunkKey(index.hashAt(33).toString('hex')));
+    await loseChunk(store, index.hashAt(33).toString('hex')); // its pack deleted behind the store's back
     const output = path.join(directory, 'disk.raw');
 
     await assert.rejects(restoreDiskToFile(store, index, output), ferryError('not-found'));
@@ -81,10 +81,7 @@ describe('restoreDiskToFile', () => {
     const index = await storeDisk(store, disk, CHUNK_SIZE);
     const output = path.join(directory, 'disk.raw');
     await fs.writeFile(output, 'previous complete restore');
-    const chunkFile = path.join(directory, 'store', ...chunkKey(index.hashAt(1).toString('hex')).split('/'));
-    const stored = await fs.readFile(chunkFile);
-    stored[50]! ^= 0xff;
-    await fs.writeFile(chunkFile, stored);
+    await flipChunkByte(store, index.hashAt(1).toString('hex'), 50, 0xff);
 
     await assert.rejects(restoreDiskToFile(store, index, output), ferryError('corrupt-data'));
     assert.equal(await fs.readFile(output, 'utf8'), 'previous complete restore');

@@ -99,6 +99,41 @@ export function storeBackendConformance(name: string, makeBackend: () => Promise
       });
     });
 
+    contract('put of a list of buffers stores their concatenation, empty parts included', async (backend) => {
+      const parts = [randomBytes(10), Buffer.alloc(0), randomBytes(200_000), randomBytes(1)];
+      await backend.put('packs/cd/cd01', parts);
+      assert.deepEqual(await backend.get('packs/cd/cd01'), Buffer.concat(parts));
+      const many = Array.from({ length: 3000 }, (_, n) => Buffer.from([n % 256])); // more parts than one writev takes
+      await backend.put('packs/cd/cd02', many);
+      assert.deepEqual(await backend.get('packs/cd/cd02'), Buffer.concat(many));
+      await backend.put('packs/cd/cd03', []);
+      assert.deepEqual(await backend.get('packs/cd/cd03'), Buffer.alloc(0));
+    });
+
+    contract('getRange returns exactly the bytes asked for, anywhere in the object', async (backend) => {
+      const data = randomBytes(300_000);
+      await backend.put('packs/ab/ab01', data);
+      assert.deepEqual(await backend.getRange('packs/ab/ab01', 0, 10), data.subarray(0, 10));
+      assert.deepEqual(await backend.getRange('packs/ab/ab01', 123_456, 100_000), data.subarray(123_456, 223_456));
+      assert.deepEqual(await backend.getRange('packs/ab/ab01', 299_990, 10), data.subarray(299_990));
+      assert.deepEqual(await backend.getRange('packs/ab/ab01', 300_000, 0), Buffer.alloc(0));
+    });
+
+    contract('getRange refuses a missing object, a range past the end and a malformed range', async (backend) => {
+      await backend.put('packs/ab/ab01', Buffer.from('0123456789'));
+      await assert.rejects(backend.getRange('packs/ab/ab02', 0, 1), ferryError('not-found', ['packs/ab/ab02']));
+      await assert.rejects(backend.getRange('packs/ab/ab01', 5, 6), (error: unknown) => {
+        assert.ok(error instanceof FerryError);
+        assert.equal(error.code, 'corrupt-data');
+        assert.equal(error.retryable, false);
+        assert.ok(error.message.includes('packs/ab/ab01'));
+        return true;
+      });
+      await assert.rejects(backend.getRange('packs/ab/ab01', 11, 0), ferryError('corrupt-data'));
+      await assert.rejects(backend.getRange('packs/ab/ab01', -1, 2), ferryError('invalid-request'));
+      await assert.rejects(backend.getRange('packs/ab/ab01', 0, 1.5), ferryError('invalid-request'));
+    });
+
     contract('has is false before put, true after, false after delete', async (backend) => {
       assert.equal(await backend.has('chunks/ef/ef01'), false);
       await backend.put('chunks/ef/ef01', Buffer.from('data'));
@@ -187,6 +222,7 @@ export function storeBackendConformance(name: string, makeBackend: () => Promise
       const operations: [string, (key: string) => Promise<unknown>][] = [
         ['put', (key) => backend.put(key, Buffer.from('x'))],
         ['get', (key) => backend.get(key)],
+        ['getRange', (key) => backend.getRange(key, 0, 1)],
         ['has', (key) => backend.has(key)],
         ['delete', (key) => backend.delete(key)],
       ];

@@ -4,13 +4,13 @@ import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { exitCodeOf, FerryError, httpStatusOf } from '../../src/errors.js';
-import { ChunkCodec, codecOf, encodeChunkObject } from '../../src/store/chunk-object.js';
+import { ChunkCodec, codecOf, DEFAULT_ZSTD_LEVEL, encodeChunkObject } from '../../src/store/chunk-object.js';
 import { ChunkStore, chunkKey, indexKey } from '../../src/store/chunk-store.js';
 import { hashChunk } from '../../src/store/chunking.js';
 import { DiskIndex } from '../../src/store/disk-index.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { openStoreConfig, STORE_CONFIG_KEY, type StoreConfig, type StoreOpenOptions } from '../../src/store/store-config.js';
-import { collect, ferryError, tempDirFor } from './helpers.js';
+import { collect, ferryError, locateStored, patchStoredChunk, storedChunkObject, tempDirFor } from './helpers.js';
 
 /** Cheap scrypt for tests (the default costs ~0.8 s per derivation); still real scrypt. */
 const FAST_SCRYPT = { N: 2 ** 10, r: 8, p: 1 };
@@ -73,7 +73,7 @@ describe('store config: creating and opening', () => {
     assert.equal(opened.created, true);
     const config = await readConfig(f);
     assert.deepEqual(config, opened.config);
-    assert.deepEqual(config.compression, { algorithm: 'zstd', level: 3 });
+    assert.deepEqual(config.compression, { algorithm: 'zstd', level: DEFAULT_ZSTD_LEVEL });
     assert.equal(config.encryption, null);
     assert.match(config.storeId, /^[0-9a-f]{32}$/);
 
@@ -81,8 +81,8 @@ describe('store config: creating and opening', () => {
     assert.equal(store.encrypted, false);
     const data = text('compressible');
     const hash = await put(store, data);
-    assert.equal(store.chunkObjectKey(hash), chunkKey(hash), 'plain store: the object key is the hash');
-    assert.equal(codecOf(await f.backend.get(chunkKey(hash))), ChunkCodec.Zstd);
+    assert.equal(store.chunkObjectName(hash), hash, 'plain store: the object name is the hash');
+    assert.equal(codecOf(await storedChunkObject(store, hash)), ChunkCodec.Zstd);
     assert.deepEqual(await store.getChunk(hash), data);
     assert.equal((await openStoreConfig(f.backend)).created, false);
     assert.deepEqual(await readConfig(f), config, 'opening does not rewrite the config');
@@ -93,7 +93,7 @@ describe('store config: creating and opening', () => {
     const store = await ChunkStore.open(f.backend, { compression: 'none' });
     assert.deepEqual((await readConfig(f)).compression, { algorithm: 'none' });
     const hash = await put(store, text('not compressed'));
-    assert.equal(codecOf(await f.backend.get(chunkKey(hash))), ChunkCodec.None);
+    assert.equal(codecOf(await storedChunkObject(store, hash)), ChunkCodec.None);
     await ChunkStore.open(f.backend, { compression: 'none' });
     await assertRefusedWritingNothing(f, { compression: 'zstd' }, 'conflict', ["compression 'none'", 'created']);
   });
@@ -114,8 +114,8 @@ describe('store config: creating and opening', () => {
     index.setHash(0, Buffer.from(hashA, 'hex'));
     index.setHash(2, Buffer.from(hashB, 'hex'));
     const indexHash = await store.putIndex(index);
-    assert.equal(codecOf(await f.backend.get(store.chunkObjectKey(hashA))), ChunkCodec.Aes256GcmZstd);
-    assert.equal(codecOf(await f.backend.get(store.chunkObjectKey(hashB))), ChunkCodec.Aes256Gcm, 'random bytes: encrypted, not compressed');
+    assert.equal(codecOf(await storedChunkObject(store, hashA)), ChunkCodec.Aes256GcmZstd);
+    assert.equal(codecOf(await storedChunkObject(store, hashB)), ChunkCodec.Aes256Gcm, 'random bytes: encrypted, not compressed');
     assert.ok([ChunkCodec.Aes256Gcm, ChunkCodec.Aes256GcmZstd].includes(codecOf(await f.backend.get(indexKey(indexHash))) as 2 | 3), 'indexes are encrypted too');
     assert.deepEqual(await collect(store.listIndexHashes()), [indexHash]);
 
@@ -173,11 +173,18 @@ describe('store config: creating and opening', () => {
 
   test('a store from before configs existed opens as it is, gets a config, and cannot become encrypted', async (t) => {
     const f = await fixture(t);
-    const legacy = new ChunkStore(f.backend); // writes what the first format wrote: codec 0, no config
+    // The first format: loose chunk files of codec 0, no config.
     const old = text('written before configs');
-    const oldHash = await put(legacy, old);
-    const oldIndex = DiskIndex.empty(65536, 65536);
+    const oldHash = hashChunk(old).toString('hex');
+    await f.backend.put(chunkKey(oldHash), encodeChunkObject(old));
+    // A store without settings writes packs of codec 0, and no config either.
+    const legacy = new ChunkStore(f.backend);
+    const packed = text('packed before configs');
+    const packedHash = await put(legacy, packed);
+    assert.equal(codecOf(await storedChunkObject(legacy, packedHash)), ChunkCodec.None);
+    const oldIndex = DiskIndex.empty(2 * 65536, 65536);
     oldIndex.setHash(0, Buffer.from(oldHash, 'hex'));
+    oldIndex.setHash(1, Buffer.from(packedHash, 'hex'));
     const oldIndexHash = await legacy.putIndex(oldIndex);
     // Indexes used to be stored bare, without the object header: put one the old way.
     await f.backend.put(indexKey(oldIndexHash), oldIndex.encode());
@@ -186,11 +193,13 @@ describe('store config: creating and opening', () => {
     assert.equal(await f.backend.has(STORE_CONFIG_KEY), false);
 
     const store = await ChunkStore.open(f.backend);
-    assert.deepEqual((await readConfig(f)).compression, { algorithm: 'zstd', level: 3 });
+    assert.deepEqual((await readConfig(f)).compression, { algorithm: 'zstd', level: DEFAULT_ZSTD_LEVEL });
     assert.deepEqual(await store.getChunk(oldHash), old);
+    assert.deepEqual(await store.getChunk(packedHash), packed);
     assert.deepEqual((await store.getIndex(oldIndexHash)).hashes, oldIndex.hashes);
     const fresh = await put(store, text('written after'));
-    assert.equal(codecOf(await f.backend.get(chunkKey(fresh))), ChunkCodec.Zstd);
+    assert.equal(codecOf(await storedChunkObject(store, fresh)), ChunkCodec.Zstd);
+    assert.deepEqual(await store.missingChunks([oldHash, packedHash, fresh]), []);
   });
 
   test('bad keys and key files are invalid-request, and nothing is created', async (t) => {
@@ -230,7 +239,7 @@ describe('store config: creating and opening', () => {
 });
 
 describe('encrypted store: keyed chunk names and no plaintext at rest', () => {
-  test('the same chunk gets different object keys in two encrypted stores, even with the same key file', async (t) => {
+  test('the same chunk gets different object names in two encrypted stores, even with the same key file', async (t) => {
     const f = await fixture(t);
     const sharedKey = await keyFile(f.directory, 'shared');
     const stores = [
@@ -241,17 +250,19 @@ describe('encrypted store: keyed chunk names and no plaintext at rest', () => {
     ];
     const data = text('same chunk everywhere');
     const hash = hashChunk(data).toString('hex');
-    const keys = new Set<string>();
+    const names = new Set<string>();
     for (const store of stores) {
       await store.putChunk(hash, data);
-      const key = store.chunkObjectKey(hash);
-      assert.match(key, /^chunks\/([0-9a-f]{2})\/\1[0-9a-f]{62}$/);
-      assert.notEqual(key, chunkKey(hash));
-      assert.deepEqual(await collect(store.backend.list('chunks/')), [key]);
+      const name = store.chunkObjectName(hash);
+      assert.match(name, /^[0-9a-f]{64}$/);
+      assert.notEqual(name, hash);
+      // The pack's directory holds the keyed name; no object is named after the chunk.
+      assert.deepEqual((await store.catalog()).container((await locateStored(store, hash)).key)?.names, [name]);
+      assert.deepEqual(await collect(store.backend.list('chunks/')), []);
       assert.equal(await store.hasChunk(hash), true);
-      keys.add(key);
+      names.add(name);
     }
-    assert.equal(keys.size, stores.length, 'no two stores share an object name for the same chunk');
+    assert.equal(names.size, stores.length, 'no two stores share an object name for the same chunk');
   });
 
   test('chunk and index files of an encrypted store hold no plaintext; a plain store (the control) does', async (t) => {
@@ -284,21 +295,23 @@ describe('encrypted store: keyed chunk names and no plaintext at rest', () => {
     const store = await ChunkStore.open(f.backend, { keyFile: await keyFile(f.directory, 'key') });
     const a = await put(store, text('chunk a'));
     const b = await put(store, text('chunk b'));
-    const fileOf = (hash: string) => path.join(f.root, ...store.chunkObjectKey(hash).split('/'));
+    const original = await storedChunkObject(store, a);
+    const other = await storedChunkObject(store, b);
 
-    const original = await fs.readFile(fileOf(a));
-    const flipped = Buffer.from(original);
-    flipped[flipped.length - 20]! ^= 0x01;
-    await fs.writeFile(fileOf(a), flipped);
+    await patchStoredChunk(store, a, (object) => {
+      object[object.length - 20]! ^= 0x01;
+    });
     await assert.rejects(store.getChunk(a), ferryError('corrupt-data', ['authentication']));
 
-    await fs.writeFile(fileOf(a), await fs.readFile(fileOf(b)));
+    assert.equal(other.length, original.length, 'precondition: the two objects can be swapped in place');
+    await patchStoredChunk(store, a, (object) => other.copy(object));
     await assert.rejects(store.getChunk(a), ferryError('corrupt-data', ['authentication']));
 
-    await fs.writeFile(fileOf(a), encodeChunkObject(text('chunk a'))); // planted in plain: refused too
+    const planted = encodeChunkObject(text('chunk a')); // planted in plain (as much of it as fits): refused too
+    await patchStoredChunk(store, a, (object) => planted.copy(object, 0, 0, object.length));
     await assert.rejects(store.getChunk(a), ferryError('corrupt-data', ['not encrypted']));
 
-    await fs.writeFile(fileOf(a), original);
+    await patchStoredChunk(store, a, (object) => original.copy(object));
     assert.deepEqual(await store.getChunk(a), text('chunk a'));
   });
 

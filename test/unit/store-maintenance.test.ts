@@ -2,8 +2,8 @@
  * Store maintenance through the real core (SQLite, chunk store on disk): what garbage collection keeps
  * while replication jobs are active, that it refuses to sweep on a partial mark, when it is due, and
  * that verify and stats see committed points. The agent's side is played by calling the same core
- * methods the agent routes call. Object ages are set on the files (utimes); the clock is replaced only
- * where a test needs hours to pass.
+ * methods the agent routes call. Object ages are set on the pack files (utimes, then a catalog reload);
+ * the clock is replaced only where a test needs hours to pass.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -14,7 +14,7 @@ import { pino } from 'pino';
 import { FerryCore } from '../../src/orchestration/core.js';
 import { hashChunk } from '../../src/store/chunking.js';
 import { DiskIndex } from '../../src/store/disk-index.js';
-import { ferryError, makeTempDir } from './helpers.js';
+import { ageChunk, ferryError, flipChunkByte, makeTempDir } from './helpers.js';
 
 const CHUNK = 65536;
 const HOUR = 3600_000;
@@ -34,7 +34,6 @@ async function setUp(t: TestContext) {
   await core.sites.create({ name: 'dr', driver: 'files', path: path.join(dataDir, 'site') });
   const store = core.context.store;
   const fileOf = (key: string) => path.join(dataDir, 'store', ...key.split('/'));
-  const setModified = async (key: string, ms: number) => fs.utimes(fileOf(key), new Date(ms), new Date(ms));
   const newChunk = () => {
     const data = randomBytes(CHUNK);
     return { data, hash: hashChunk(data).toString('hex') };
@@ -43,7 +42,7 @@ async function setUp(t: TestContext) {
   const oldChunk = async () => {
     const chunk = newChunk();
     await store.putChunk(chunk.hash, chunk.data);
-    await setModified(store.chunkObjectKey(chunk.hash), Date.now() - 2 * HOUR);
+    await ageChunk(store, chunk.hash, Date.now() - 2 * HOUR); // its own pack: nothing else ages with it
     return chunk.hash;
   };
   /** The machine's active replication job, started as the agent starts it. */
@@ -61,7 +60,7 @@ async function setUp(t: TestContext) {
     const disk = (await core.machines.disksOf((await core.machines.get('vm')).id))[0]!;
     return core.points.commit(agentId, { jobId, takenAt: core.context.now(), consistency: 'crash', note: null, disks: [{ diskId: disk.id, indexHash, changedBytes: 0, sentBytes: 0 }] });
   };
-  return { core, store, fileOf, setModified, newChunk, oldChunk, startJob, commit };
+  return { core, store, fileOf, newChunk, oldChunk, startJob, commit };
 }
 
 describe('store garbage collection in the server', () => {
@@ -157,10 +156,7 @@ describe('store verify and stats in the server', () => {
     const first = await commit((await startJob()).id, [a.hash, b.hash, a.hash, b.hash]);
     const second = await commit((await startJob()).id, [a.hash, c.hash, a.hash, c.hash]);
 
-    const file = fileOf(store.chunkObjectKey(b.hash));
-    const bytes = await fs.readFile(file);
-    bytes[bytes.length - 100]! ^= 0x01;
-    await fs.writeFile(file, bytes);
+    await flipChunkByte(store, b.hash, -100);
 
     assert.deepEqual((await core.storeMaintenance.verify({ deep: false })).problems, [], 'a quick verify only checks presence');
     const report = await core.storeMaintenance.verify({ deep: true });

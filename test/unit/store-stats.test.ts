@@ -1,11 +1,17 @@
-/** Store statistics on a small data set whose every number is known. */
+/**
+ * Store statistics on a small data set whose every number is known: chunk numbers come from the
+ * catalog (a chunk counts once, whichever packs hold it), stored chunk bytes are whole pack files, and
+ * what is not a referenced chunk object (pack overhead, garbage, duplicate copies) counts as unreferenced.
+ */
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChunkStore } from '../../src/store/chunk-store.js';
+import { hashChunk } from '../../src/store/chunking.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { type PointForStats, storeStats } from '../../src/store/stats.js';
-import { publishIndex, storeRandomChunk, tempDirFor } from './helpers.js';
+import { locateStored, objectKeys, publishIndex, storeRandomChunk, tempDirFor } from './helpers.js';
 
 const CHUNK = 4096;
 
@@ -26,8 +32,11 @@ test('storeStats: logical sizes, unique and stored bytes, unreferenced objects a
     { machine: 'twin', pointId: 'p3', takenAt: 1, disks: [{ indexHash: first, sizeBytes: 4 * CHUNK }, { indexHash: first, sizeBytes: 4 * CHUNK }] },
   ];
 
-  const referencedChunkBytes = (await Promise.all([r1, r2, r3, r4].map((hash) => size(store.chunkObjectKey(hash))))).reduce((a, b) => a + b, 0);
-  const garbageBytes = await size(store.chunkObjectKey(garbage));
+  // Each chunk is in a pack of its own: its object's length, and its pack file's size.
+  const objectLength = async (hash: string) => (await locateStored(store, hash)).length;
+  const packSize = async (hash: string) => size((await locateStored(store, hash)).key);
+  const referencedChunkBytes = (await Promise.all([r1, r2, r3, r4].map(objectLength))).reduce((a, b) => a + b, 0);
+  const chunkBytes = (await Promise.all([r1, r2, r3, r4, garbage].map(packSize))).reduce((a, b) => a + b, 0);
   const indexBytes = [await size(store.indexObjectKey(first)), await size(store.indexObjectKey(second)), await size(store.indexObjectKey(orphan))];
 
   const stats = await storeStats(store, points);
@@ -43,13 +52,15 @@ test('storeStats: logical sizes, unique and stored bytes, unreferenced objects a
     unreadableIndexes: 0,
     stored: {
       chunks: 5,
-      chunkBytes: referencedChunkBytes + garbageBytes,
+      chunkBytes,
+      packs: 5,
       indexes: 3,
       indexBytes: indexBytes[0]! + indexBytes[1]! + indexBytes[2]!,
-      totalBytes: referencedChunkBytes + garbageBytes + indexBytes[0]! + indexBytes[1]! + indexBytes[2]!,
+      totalBytes: chunkBytes + indexBytes[0]! + indexBytes[1]! + indexBytes[2]!,
     },
     referencedStoredChunkBytes: referencedChunkBytes,
-    unreferenced: { chunks: 1, chunkBytes: garbageBytes, indexes: 1, indexBytes: indexBytes[2]! },
+    // The garbage chunk's pack, and every pack's magic, directory and trailer.
+    unreferenced: { chunks: 1, chunkBytes: chunkBytes - referencedChunkBytes, indexes: 1, indexBytes: indexBytes[2]! },
     dedupeRatio: 3, // 48 KiB of disk data held in 16 KiB of unique chunks
     compressionRatio: Math.round(((4 * CHUNK) / referencedChunkBytes) * 1000) / 1000,
   });
@@ -67,4 +78,28 @@ test('storeStats of an empty store has no ratios; an unreadable index is counted
   assert.equal(lost.unreadableIndexes, 1);
   assert.equal(lost.logicalBytes, 100);
   assert.equal(lost.uniqueChunks, 0);
+});
+
+test('storeStats over shared packs: a chunk held twice counts once; the second copy is unreferenced bytes', async (t) => {
+  const store = new ChunkStore(new FilesystemBackend(path.join(await tempDirFor(t), 'store')));
+  const batch = Array.from({ length: 3 }, () => {
+    const data = randomBytes(CHUNK);
+    return { hashHex: hashChunk(data).toString('hex'), data };
+  });
+  const [r1, r2, garbage] = batch.map((chunk) => chunk.hashHex) as [string, string, string];
+  await store.putChunks(batch); // one pack of three
+  await store.putChunks([batch[0]!], async (asked) => asked.map(() => false)); // r1 again, in a second pack
+  const packs = await objectKeys(store, 'packs/');
+  assert.equal(packs.length, 2);
+  const index = await publishIndex(store, [r1, r2], CHUNK);
+  const sizes = await Promise.all(packs.map(async (key) => (await store.backend.stat(key))!.size));
+  const chunkBytes = sizes[0]! + sizes[1]!;
+  const referenced = (await locateStored(store, r1)).length + (await locateStored(store, r2)).length;
+
+  const stats = await storeStats(store, [{ machine: 'vm', pointId: 'p1', takenAt: 1, disks: [{ indexHash: index, sizeBytes: 2 * CHUNK }] }]);
+  assert.equal(stats.uniqueChunks, 2);
+  assert.deepEqual({ chunks: stats.stored.chunks, packs: stats.stored.packs, chunkBytes: stats.stored.chunkBytes }, { chunks: 3, packs: 2, chunkBytes });
+  assert.equal(stats.referencedStoredChunkBytes, referenced, 'r1 counts once, though two packs hold it');
+  assert.deepEqual({ chunks: stats.unreferenced.chunks, chunkBytes: stats.unreferenced.chunkBytes }, { chunks: 1, chunkBytes: chunkBytes - referenced });
+  assert.ok(stats.unreferenced.chunkBytes > (await locateStored(store, garbage)).length + (await locateStored(store, r1)).length, 'the garbage chunk and the second copy of r1, at least');
 });

@@ -1,15 +1,18 @@
 /**
- * Store verification over a real FilesystemBackend: a missing chunk, a chunk with one flipped byte, a
- * missing and a damaged index are each found and named with exactly the points that need them.
+ * Store verification over a real FilesystemBackend: a missing chunk (its pack deleted, or found damaged
+ * when the store was opened), a chunk with one flipped byte, a missing and a damaged index are each
+ * found and named with exactly the points that need them.
  */
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChunkStore } from '../../src/store/chunk-store.js';
+import { hashChunk } from '../../src/store/chunking.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { type PointToVerify, verifyStore } from '../../src/store/verify.js';
-import { publishIndex, storeRandomChunk, tempDirFor } from './helpers.js';
+import { flipChunkByte, locateStored, loseChunk, objectFile, publishIndex, storeRandomChunk, tempDirFor } from './helpers.js';
 
 const CHUNK = 4096;
 
@@ -40,13 +43,16 @@ async function fixture(t: TestContext) {
     { machine: 'vm', pointId: 'p2', indexHashes: [p2Index] },
     { machine: 'db', pointId: 'p3', indexHashes: [p3Disk0, p3Disk1] },
   ];
-  const fileOf = (key: string) => path.join(root, ...key.split('/'));
-  const flipLastByte = async (key: string) => {
-    const bytes = await fs.readFile(fileOf(key));
+  /** Flips a bit of the last byte of an index object. */
+  const flipIndexByte = async (indexHash: string) => {
+    const file = objectFile(store, store.indexObjectKey(indexHash));
+    const bytes = await fs.readFile(file);
     bytes[bytes.length - 1]! ^= 0x40;
-    await fs.writeFile(fileOf(key), bytes);
+    await fs.writeFile(file, bytes);
   };
-  return { store, points, chunks, shared, onlyP1, onlyP2, onlyP3, p1Index, p2Index, p3Disk0, p3Disk1, fileOf, flipLastByte };
+  /** Flips a bit of the last byte of a chunk's stored object, inside its pack. */
+  const flipChunk = (hash: string) => flipChunkByte(store, hash, -1, 0x40);
+  return { root, store, points, chunks, shared, onlyP1, onlyP2, onlyP3, p1Index, p2Index, p3Disk0, p3Disk1, flipIndexByte, flipChunk };
 }
 
 describe('verifyStore', () => {
@@ -66,9 +72,9 @@ describe('verifyStore', () => {
   });
 
   test('a flipped byte in a stored chunk is found by deep verify and named with exactly the points using it', async (t) => {
-    const { store, points, onlyP1, shared, flipLastByte } = await fixture(t);
-    await flipLastByte(store.chunkObjectKey(onlyP1));
-    await flipLastByte(store.chunkObjectKey(shared));
+    const { store, points, onlyP1, shared, flipChunk } = await fixture(t);
+    await flipChunk(onlyP1);
+    await flipChunk(shared);
     const report = await verifyStore(store, points, { deep: true });
     const byChunk = new Map(report.problems.map((problem) => [problem.chunk, problem]));
     assert.equal(report.problems.length, 2);
@@ -89,9 +95,9 @@ describe('verifyStore', () => {
   });
 
   test('quick verify checks presence only: it misses a flipped byte but finds a missing chunk', async (t) => {
-    const { store, points, onlyP1, onlyP3, flipLastByte } = await fixture(t);
-    await flipLastByte(store.chunkObjectKey(onlyP1));
-    await store.deleteObject(store.chunkObjectKey(onlyP3));
+    const { store, points, onlyP1, onlyP3, flipChunk } = await fixture(t);
+    await flipChunk(onlyP1);
+    await loseChunk(store, onlyP3);
     for (const deep of [false, true]) {
       const report = await verifyStore(store, points, { deep });
       const missing = report.problems.filter((problem) => problem.kind === 'missing-chunk');
@@ -101,9 +107,9 @@ describe('verifyStore', () => {
   });
 
   test('a missing index and a damaged index are named with their points, and their chunks are not blamed', async (t) => {
-    const { store, points, p2Index, p3Disk1, flipLastByte } = await fixture(t);
+    const { store, points, p2Index, p3Disk1, flipIndexByte } = await fixture(t);
     await store.deleteObject(store.indexObjectKey(p2Index));
-    await flipLastByte(store.indexObjectKey(p3Disk1));
+    await flipIndexByte(p3Disk1);
     const report = await verifyStore(store, points, { deep: true });
     assert.deepEqual(
       report.problems.map((problem) => ({ kind: problem.kind, index: problem.index, points: problem.points })),
@@ -120,11 +126,54 @@ describe('verifyStore', () => {
 
   test('the problem list is capped, but every affected point is still named', async (t) => {
     const { store, points, onlyP1, onlyP2, onlyP3 } = await fixture(t);
-    for (const hash of [onlyP1, onlyP2, onlyP3]) await store.deleteObject(store.chunkObjectKey(hash));
+    for (const hash of [onlyP1, onlyP2, onlyP3]) await loseChunk(store, hash);
     const report = await verifyStore(store, points, { deep: false, maxProblems: 1 });
     assert.equal(report.problems.length, 1);
     assert.equal(report.problemsOmitted, 2);
     assert.deepEqual(report.affectedPoints.map((point) => point.pointId), ['p3', 'p1', 'p2']);
+  });
+
+  test('a chunk in a pack found damaged when the store was opened is missing, and the message names that pack', async (t) => {
+    const { root, store, points, onlyP1 } = await fixture(t);
+    const { key } = await locateStored(store, onlyP1);
+    const file = objectFile(store, key);
+    await fs.truncate(file, (await fs.stat(file)).size - 1);
+    const reopened = new ChunkStore(new FilesystemBackend(root));
+    for (const deep of [false, true]) {
+      const report = await verifyStore(reopened, points, { deep });
+      assert.deepEqual(
+        report.problems.map((problem) => ({ kind: problem.kind, chunk: problem.chunk, points: problem.points })),
+        [{ kind: 'missing-chunk', chunk: onlyP1, points: [{ machine: 'vm', pointId: 'p1' }] }],
+        `deep=${deep}`,
+      );
+      assert.match(report.problems[0]!.message, new RegExp(`${onlyP1}.*damaged pack.*${key}`));
+    }
+  });
+
+  test('a lost pack loses every chunk in it: each is named with the points that need it', async (t) => {
+    const root = path.join(await tempDirFor(t), 'store');
+    const store = new ChunkStore(new FilesystemBackend(root));
+    const batch = [randomBytes(CHUNK), randomBytes(CHUNK), randomBytes(CHUNK)].map((data) => ({ hashHex: hashChunk(data).toString('hex'), data }));
+    const [a, b, c] = batch.map((chunk) => chunk.hashHex) as [string, string, string];
+    await store.putChunks(batch.slice(0, 2)); // a and b share a pack
+    await store.putChunks(batch.slice(2));
+    const points: PointToVerify[] = [
+      { machine: 'vm', pointId: 'p1', indexHashes: [await publishIndex(store, [a, c], CHUNK)] },
+      { machine: 'db', pointId: 'p2', indexHashes: [await publishIndex(store, [b, null], CHUNK)] },
+    ];
+    await store.backend.delete((await locateStored(store, a)).key);
+    for (const deep of [false, true]) {
+      const report = await verifyStore(store, points, { deep });
+      const byChunk = Object.fromEntries(report.problems.map((problem) => [problem.chunk!, { kind: problem.kind, points: problem.points }]));
+      assert.deepEqual(
+        byChunk,
+        {
+          [a]: { kind: 'missing-chunk', points: [{ machine: 'vm', pointId: 'p1' }] },
+          [b]: { kind: 'missing-chunk', points: [{ machine: 'db', pointId: 'p2' }] },
+        },
+        `deep=${deep}`,
+      );
+    }
   });
 
   test('an aborted signal stops verification with the signal\'s reason', async (t) => {

@@ -11,11 +11,13 @@ import {
   jobFailRequest,
   jobIdParam,
   jobProgressRequest,
+  jobStartRequest,
   missingChunksRequest,
   registerAgentRequest,
   workQuery,
 } from '../../protocol/requests.js';
 import { DiskIndex } from '../../store/disk-index.js';
+import { faultPoint } from '../../util/fault-injection.js';
 import { parse } from '../http-errors.js';
 
 const agentOnly = { config: { role: 'agent' as const } };
@@ -43,7 +45,9 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
     return { jobs: await core.replication.work(agent.id, waitSeconds, aborted.signal) };
   });
 
-  app.post('/api/v1/agent/jobs/:id/start', agentOnly, async (request) => core.replication.start((await agentOf(request)).id, jobId(request.params)));
+  app.post('/api/v1/agent/jobs/:id/start', agentOnly, async (request) =>
+    core.replication.start((await agentOf(request)).id, jobId(request.params), parse(jobStartRequest, request.body, 'job start')),
+  );
   app.post('/api/v1/agent/jobs/:id/progress', agentOnly, async (request, reply) => {
     await core.replication.progress((await agentOf(request)).id, jobId(request.params), parse(jobProgressRequest, request.body, 'progress'));
     return reply.status(204).send();
@@ -67,7 +71,9 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
   app.post('/api/v1/indexes', { ...agentOnly, bodyLimit: MAX_INDEX_BYTES }, async (request) => {
     await agentOf(request);
     const index = DiskIndex.decode(bodyBuffer(request), 'upload');
-    return { indexHash: await core.storeGuard.putIndex(index) };
+    const indexHash = await core.storeGuard.putIndex(index);
+    faultPoint('index-stored'); // crash tests only: the index is durable, the agent is never answered
+    return { indexHash };
   });
 
   app.post('/api/v1/agent/points', agentOnly, async (request, reply) => {
