@@ -88,4 +88,11 @@ export function registerPointCommands(program: Command): void {
       const cli = CliContext.of(command);
       cli.print(options.wait ? await cli.waitForJob(id) : await cli.client.get<JobView>(`/jobs/${encodeURIComponent(id)}`), printJob);
     });
+  job
+    .command('cancel <id>')
+    .description('end a queued job, or a running replication job (no point is made); running server jobs cannot be stopped halfway')
+    .action(async (id: string, _options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      cli.print(await cli.client.post<JobView>(`/jobs/${encodeURIComponent(id)}/cancel`), printJob);
+    });
 }

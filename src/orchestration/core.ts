@@ -74,7 +74,7 @@ export class FerryCore {
     this.policies = new Policies(context);
     this.events = new Events(context);
     this.machines = new Machines(context);
-    this.jobs = new Jobs(context);
+    this.jobs = new Jobs(context, this.events);
     this.points = new Points(context, this.jobs, this.machines, this.events);
     this.replication = new Replication(context, this.jobs, this.machines, this.points, this.sites, this.policies, this.events);
     this.testFailovers = new TestFailovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver());

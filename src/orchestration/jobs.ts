@@ -9,6 +9,7 @@ import type { JobView } from '../protocol/views.js';
 import { newId } from '../util/ids.js';
 import { isoOrNull } from '../util/time.js';
 import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
+import type { Events } from './events.js';
 import { activeJobStates, type JobEvent, type JobState, jobTransitions, nextState } from './lifecycle.js';
 
 /** Kinds of job, and who runs each. */
@@ -44,7 +45,36 @@ export function jobView(row: JobRow, machineName: string | null): JobView {
 
 /** Creates jobs, changes their state and lists them. */
 export class Jobs {
-  constructor(private readonly context: CoreContext) {}
+  constructor(
+    private readonly context: CoreContext,
+    private readonly events: Events,
+  ) {}
+
+  /**
+   * `ferry job cancel`: ends a job where that is safe. A queued job of any kind never started, so it
+   * just ends. A running replication job ends at once: its agent's commit is then refused (only a
+   * running job can commit a point), so it never makes a point, and what it uploaded is garbage the
+   * collector removes. A running server job (a test failover being written, or cleaned up) is not
+   * stopped halfway: conflict, wait for it to end (then clean up). An ended job: conflict. Records an
+   * event. The scheduler queues the machine's next point as usual; `ferry pause` stops replication.
+   */
+  async cancel(id: string): Promise<JobView> {
+    const row = await this.get(id);
+    if (row.state === 'running' && !isAgentJob(row.kind)) {
+      throw new FerryError('conflict', `job ${id} (${row.kind}) is running on the server and cannot be stopped halfway; wait for it to end`, {
+        details: { state: row.state, kind: row.kind },
+      });
+    }
+    await this.transition(id, 'cancel', { error: { code: 'cancelled', message: 'cancelled by an operator', retryable: false }, step: 'cancelled' });
+    const view = await this.view(id);
+    await this.events.record({
+      machineId: row.machine_id,
+      severity: 'warning',
+      code: 'job-cancelled',
+      message: `job ${id} (${row.kind}${view.machine ? ` of ${view.machine}` : ''}) cancelled while ${row.state}`,
+    });
+    return view;
+  }
 
   /** Queues a job. `db` lets callers create it inside their own transaction. */
   async create(

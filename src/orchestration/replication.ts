@@ -108,7 +108,8 @@ export class Replication {
   /** The agent gave up on a job: the job fails and the machine shows the error until a point succeeds. */
   async fail(agentId: string, jobId: string, failure: JobFailRequest): Promise<JobView> {
     const job = await this.jobs.forAgent(jobId, agentId);
-    if (job.state === 'failed') return this.jobs.view(jobId);
+    // Already ended: failed before (a retried report), or cancelled by an operator while the agent worked.
+    if (job.state === 'failed' || job.state === 'cancelled' || job.state === 'succeeded') return this.jobs.view(jobId);
     await this.jobs.transition(jobId, 'fail', { error: failure });
     const machine = await this.machines.getById(job.machine_id!);
     await this.machines.setReplicationError(machine.id, { code: failure.code, message: failure.message });

@@ -379,3 +379,44 @@ describe('FerryCore resync', () => {
     assert.equal((await core.machines.view('web-01')).replication.state, 'replicating');
   });
 });
+
+describe('FerryCore job cancel', () => {
+  /** Commits a job of web-01 with all-zero disks, as an agent would. */
+  async function commit(core: FerryCore, agentId: string, jobId: string) {
+    const disks = await core.machines.disksOf((await core.machines.get('web-01')).id);
+    const committed = [];
+    for (const disk of disks) committed.push({ diskId: disk.id, indexHash: await core.context.store.putIndex(DiskIndex.empty(disk.size_bytes!, 65536)), changedBytes: 0, sentBytes: 0 });
+    return core.points.commit(agentId, { jobId, takenAt: Date.now(), consistency: 'inconsistent', note: null, disks: committed });
+  }
+
+  test('a running replication job cancelled makes no point: the agent commit is refused, its failure report ignored', async (t) => {
+    const { core, agentId } = await registeredCore(t);
+    const { job: initial } = await core.replication.protect('web-01', { site: 'dr', policy: 'default' });
+    await core.replication.start(agentId, initial.id);
+    await commit(core, agentId, initial.id);
+    const job = await core.points.request('web-01');
+    await core.replication.start(agentId, job.id);
+
+    const cancelled = await core.jobs.cancel(job.id);
+    assert.equal(cancelled.state, 'cancelled');
+    assert.equal(cancelled.error?.code, 'cancelled');
+    await assert.rejects(commit(core, agentId, job.id), ferryError('conflict', ['cancelled']));
+    assert.equal((await core.replication.fail(agentId, job.id, { code: 'conflict', message: 'commit refused', retryable: false })).state, 'cancelled');
+    assert.equal((await core.points.list('web-01', 10)).length, 1, 'still only the initial point');
+    const event = (await core.events.list({ limit: 5 })).find((each) => each.code === 'job-cancelled');
+    assert.ok(event && event.message.includes(job.id) && event.message.includes('web-01'), JSON.stringify(event));
+    const next = await core.points.request('web-01');
+    assert.notEqual(next.id, job.id, 'the next point gets a new job');
+  });
+
+  test('a queued job of any kind can be cancelled; an ended job, or a running server job, cannot', async (t) => {
+    const { core } = await registeredCore(t);
+    const { job } = await core.replication.protect('web-01', { site: 'dr', policy: 'default' });
+    assert.equal((await core.jobs.cancel(job.id)).state, 'cancelled');
+    await assert.rejects(core.jobs.cancel(job.id), ferryError('conflict', ['cancelled', 'cannot cancel']));
+    const serverJob = await core.jobs.create({ kind: 'test-failover', machineId: null, agentId: null });
+    await core.jobs.transition(serverJob.id, 'start');
+    await assert.rejects(core.jobs.cancel(serverJob.id), ferryError('conflict', ['running on the server', 'wait for it to end']));
+    await assert.rejects(core.jobs.cancel('job-nope'), ferryError('not-found'));
+  });
+});

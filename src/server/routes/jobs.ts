@@ -1,4 +1,4 @@
-/** Routes for jobs (admin): list and show. */
+/** Routes for jobs (admin): list, show and cancel. */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
 import { jobIdParam, listJobsQuery } from '../../protocol/requests.js';
@@ -11,4 +11,5 @@ export function jobRoutes(app: FastifyInstance, core: FerryCore): void {
     return { jobs: await core.jobs.list({ machineId, activeOnly: query.active === 'true', limit: query.limit }) };
   });
   app.get('/api/v1/jobs/:id', async (request) => core.jobs.view(parse(jobIdParam, request.params, 'job id').id));
+  app.post('/api/v1/jobs/:id/cancel', async (request) => core.jobs.cancel(parse(jobIdParam, request.params, 'job id').id));
 }

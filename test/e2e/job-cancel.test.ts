@@ -1,0 +1,47 @@
+/**
+ * `ferry job cancel` with a real agent: a cycle held open by its pre-point hook is cancelled; the agent's
+ * commit is refused, no point is made, the event is recorded, and the next cycle makes a good point.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import type { EventView, JobView, PointView } from '../../src/protocol/views.js';
+import { connectAgent, ext4Disk, ferry, ferryJson, restoresIdentical, startServer, tempDir, waitFor, waitForJob } from './harness.js';
+
+test('a running cycle cancelled by ferry job cancel makes no point; the next cycle does', async (t) => {
+  const root = await tempDir(t);
+  const disk = await ext4Disk(root, 'app', 16, { 'data.bin': randomBytes(1024 * 1024) });
+  const server = await startServer(t, path.join(root, 'server'));
+  await connectAgent(t, server, root, { app: [disk] });
+  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
+  await ferryJson(server, ['protect', 'app', '--site', 'dr', '--wait']);
+
+  const gate = path.join(root, 'gate');
+  await ferryJson(server, ['machine', 'set', 'app', '--pre-point', `while [ ! -e '${gate}' ]; do sleep 0.1; done`]);
+  const { job } = await ferryJson<{ job: JobView }>(server, ['points', 'create', 'app', '--consistency', 'app']);
+  await waitFor(async () => (await server.admin.get<JobView>(`/jobs/${job.id}`)).state === 'running', 'the agent to start the cycle');
+
+  const cancelled = await ferryJson<JobView>(server, ['job', 'cancel', job.id]);
+  assert.equal(cancelled.state, 'cancelled');
+  await fs.writeFile(gate, ''); // let the agent go on: its commit must be refused
+  const again = await ferry(server, ['job', 'cancel', job.id, '--json']);
+  assert.notEqual(again.code, 0, 'an ended job cannot be cancelled');
+  assert.equal(again.json().error.code, 'conflict');
+
+  // The agent finishes reading, is refused, and reports; the job stays cancelled with no point.
+  await waitFor(async () => {
+    const events = (await ferryJson<{ events: EventView[] }>(server, ['events'])).events;
+    return events.some((event) => event.code === 'job-cancelled' && event.message.includes(job.id));
+  }, 'the job-cancelled event');
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  assert.equal((await server.admin.get<JobView>(`/jobs/${job.id}`)).state, 'cancelled');
+  const points = (await ferryJson<{ points: PointView[] }>(server, ['points', 'list', 'app'])).points;
+  assert.equal(points.length, 1, 'no point from the cancelled cycle');
+
+  const next = await ferryJson<{ job: JobView }>(server, ['points', 'create', 'app', '--wait']);
+  assert.equal(next.job.state, 'succeeded', JSON.stringify(next.job.error));
+  const finished = await waitForJob(server.admin, next.job.id);
+  assert.ok(await restoresIdentical(server, 'app', finished.result!.pointId as string, [disk]), 'the next point restores identical');
+});
