@@ -147,6 +147,29 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('jobs').addColumn('resync_reason', 'text').execute();
     },
   },
+  // Failover (not test): the machine's shutdown command for planned failover, its replication direction,
+  // and one failover record per machine while it is failed over.
+  '0003-failover': {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('machines').addColumn('shutdown_command', 'text').execute();
+      await db.schema.alterTable('machines').addColumn('direction', 'text', (column) => column.notNull().defaultTo('forward')).execute();
+      await db.schema
+        .createTable('failovers')
+        .addColumn('machine_id', 'text', (column) => column.primaryKey().references('machines.id'))
+        .addColumn('kind', 'text', (column) => column.notNull())
+        .addColumn('state', 'text', (column) => column.notNull())
+        .addColumn('point_id', 'text')
+        .addColumn('final_job_id', 'text')
+        .addColumn('job_id', 'text', (column) => column.notNull())
+        .addColumn('site_path', 'text', (column) => column.notNull())
+        .addColumn('disks', 'text', (column) => column.notNull())
+        .addColumn('error', 'text')
+        .addColumn('created_at', 'integer', (column) => column.notNull())
+        .addColumn('updated_at', 'integer', (column) => column.notNull())
+        .addColumn('committed_at', 'integer')
+        .execute();
+    },
+  },
 };
 
 /** Supplies the migrations above to Kysely's Migrator. */

@@ -58,6 +58,10 @@ export interface MachineTable {
   last_app_point_at: number | null;
   /** Health when last checked by the scheduler: a change is recorded as an alert event. */
   health_level: Generated<string>;
+  /** Command a planned failover asks the agent to run to stop the machine's workload; null: none. */
+  shutdown_command: string | null;
+  /** Replication direction: 'forward' (source site to recovery site) or 'reverse' (after reprotect). */
+  direction: Generated<string>;
   created_at: number;
   updated_at: number;
 }
@@ -123,6 +127,26 @@ export interface TestFailoverTable {
   created_at: number;
 }
 
+/** A failover (planned or unplanned, not test) of a machine, from the request until it is committed. */
+export interface FailoverTable {
+  machine_id: string;
+  kind: string;
+  state: string;
+  /** The point failed over to; null while a planned failover waits for its final point. */
+  point_id: string | null;
+  /** The planned failover's final replication job (shutdown, then a last point). */
+  final_job_id: string | null;
+  /** The server job currently working on this failover. */
+  job_id: string;
+  site_path: string;
+  /** JSON FailoverDiskView[]: where each disk is (or will be) written. */
+  disks: string;
+  error: string | null;
+  created_at: number;
+  updated_at: number;
+  committed_at: number | null;
+}
+
 export interface EventTable {
   id: Generated<number>;
   at: number;
@@ -144,6 +168,7 @@ export interface Database {
   point_disks: PointDiskTable;
   jobs: JobTable;
   test_failovers: TestFailoverTable;
+  failovers: FailoverTable;
   events: EventTable;
 }
 
@@ -153,5 +178,6 @@ export type PointRow = Selectable<PointTable>;
 export type SiteRow = Selectable<SiteTable>;
 export type PolicyRow = Selectable<PolicyTable>;
 export type DiskRow = Selectable<DiskTable>;
+export type FailoverRow = Selectable<FailoverTable>;
 export type NewJob = Insertable<JobTable>;
 export type MachineUpdate = Updateable<MachineTable>;
