@@ -73,6 +73,8 @@ export class Machines {
             last_point_at: null,
             last_app_point_at: null,
             health_level: 'healthy',
+            shutdown_command: null,
+            direction: 'forward',
             created_at: now,
             updated_at: now,
           };
