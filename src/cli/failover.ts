@@ -1,7 +1,10 @@
-/** `ferry failover MACHINE --test` and `ferry failover cleanup MACHINE`. */
+/**
+ * `ferry failover MACHINE --test | --planned | --unplanned [--point P] | --change-point --point P`,
+ * `ferry failover cleanup MACHINE` (a test failover) and `ferry commit MACHINE`.
+ */
 import type { Command } from 'commander';
 import { FerryError } from '../errors.js';
-import type { FailoverDiskView, JobView } from '../protocol/views.js';
+import type { FailoverDiskView, FailoverView, JobView } from '../protocol/views.js';
 import { CliContext } from './context.js';
 import { printTable } from './output.js';
 
@@ -11,30 +14,79 @@ interface TestFailoverStarted {
   disks: FailoverDiskView[];
 }
 
+interface FailoverStarted {
+  job: JobView;
+  failover: FailoverView;
+}
+
+type FailoverMode = 'test' | 'planned' | 'unplanned' | 'change-point';
+
+interface FailoverOptions {
+  test?: boolean;
+  planned?: boolean;
+  unplanned?: boolean;
+  changePoint?: boolean;
+  point?: string;
+  wait?: boolean;
+}
+
+/** Exactly one of --test, --planned, --unplanned, --change-point; invalid-request otherwise. */
+function modeOf(options: FailoverOptions): FailoverMode {
+  const chosen = (['test', 'planned', 'unplanned', 'change-point'] as const).filter((mode) =>
+    mode === 'test' ? options.test : mode === 'planned' ? options.planned : mode === 'unplanned' ? options.unplanned : options.changePoint,
+  );
+  if (chosen.length !== 1) {
+    throw new FerryError('invalid-request', 'choose one of --test, --planned, --unplanned or --change-point (see `ferry failover --help`)');
+  }
+  const mode = chosen[0]!;
+  if (mode === 'planned' && options.point !== undefined) throw new FerryError('invalid-request', 'a planned failover fails over to its own final point: leave out --point');
+  if (mode === 'change-point' && options.point === undefined) throw new FerryError('invalid-request', '--change-point needs --point (latest, latest-app, a point id or a time)');
+  return mode;
+}
+
 export function registerFailoverCommands(program: Command): void {
   const failover = program
     .command('failover')
-    .description('bring a machine up at its recovery site (only --test for now), or clean a test failover up')
+    .description('bring a machine up at its recovery site: --test (in isolation), --planned, --unplanned, or --change-point before commit')
     .argument('<machine>', 'machine to fail over')
-    .option('--test', 'test failover: write the point\'s disks at the site in isolation; replication goes on')
-    .option('--point <point>', 'recovery point: latest or a point id', 'latest')
+    .option('--test', "test failover: write the point's disks at the site in isolation; replication goes on")
+    .option('--planned', "planned failover: the agent runs the machine's shutdown command and takes a final point; nothing is lost")
+    .option('--unplanned', 'unplanned failover from what the store has (the source may be gone)')
+    .option('--change-point', 'before commit: rewrite the failed-over disks from another point (with --point)')
+    .option('--point <point>', 'recovery point: latest, latest-app, a point id or a time (ISO 8601); default latest')
     .option('--wait', 'wait until the disks are written')
-    .action(async (name: string, options: { test?: boolean; point: string; wait?: boolean }, command: Command) => {
+    .action(async (name: string, options: FailoverOptions, command: Command) => {
       const cli = CliContext.of(command);
-      if (!options.test) throw new FerryError('invalid-request', 'only test failover exists so far: add --test');
-      const started = await cli.client.post<TestFailoverStarted>(`/machines/${encodeURIComponent(name)}/test-failover`, { point: options.point });
-      const job = options.wait ? await cli.waitForJob(started.job.id) : started.job;
-      const document = { machine: name, pointId: started.pointId, state: options.wait ? 'ready' : 'creating', job, disks: started.disks };
-      cli.print(document, () => {
-        console.log(`test failover of ${name} to ${started.pointId}: ${options.wait ? 'ready' : `job ${job.id} ${job.state}`}`);
-        printTable(['#', 'PATH'], started.disks.map((disk) => [disk.position, disk.path]));
-        console.log(`when done: ferry failover cleanup ${name}`);
+      const mode = modeOf(options);
+      const point = options.point ?? 'latest';
+      const machinePath = `/machines/${encodeURIComponent(name)}`;
+      if (mode === 'test') {
+        const started = await cli.client.post<TestFailoverStarted>(`${machinePath}/test-failover`, { point });
+        const job = options.wait ? await cli.waitForJob(started.job.id) : started.job;
+        const document = { machine: name, pointId: started.pointId, state: options.wait ? 'ready' : 'creating', job, disks: started.disks };
+        cli.print(document, () => {
+          console.log(`test failover of ${name} to ${started.pointId}: ${options.wait ? 'ready' : `job ${job.id} ${job.state}`}`);
+          printTable(['#', 'PATH'], started.disks.map((disk) => [disk.position, disk.path]));
+          console.log(`when done: ferry failover cleanup ${name}`);
+        });
+        return;
+      }
+      const started = await cli.client.post<FailoverStarted>(`${machinePath}/failover`, { mode, ...(mode === 'planned' ? {} : { point }) });
+      if (!options.wait) {
+        cli.print(started, () => console.log(`${mode} failover of ${name}: job ${started.job.id} ${started.job.state}; follow it with \`ferry job show ${started.job.id} --wait\` or \`ferry status ${name}\``));
+        return;
+      }
+      const failoverNow = await waitForFailover(cli, name);
+      cli.print({ machine: name, failover: failoverNow }, () => {
+        console.log(`${name}: failed over (${failoverNow.kind}) to ${failoverNow.pointId}`);
+        printTable(['#', 'PATH'], failoverNow.disks.map((disk) => [disk.position, disk.path]));
+        console.log(`to make it final: ferry commit ${name}; to use another point first: ferry failover ${name} --change-point --point P`);
       });
     });
 
   failover
     .command('cleanup <machine>')
-    .description('remove a test failover\'s disks')
+    .description("remove a test failover's disks")
     .option('--no-wait', 'return at once instead of waiting for the files to be removed')
     .action(async (name: string, options: { wait: boolean }, command: Command) => {
       const cli = CliContext.of(command);
@@ -42,4 +94,34 @@ export function registerFailoverCommands(program: Command): void {
       const finished = options.wait ? await cli.waitForJob(job.id) : job;
       cli.print({ machine: name, job: finished }, () => console.log(`test failover of ${name}: cleanup ${finished.state}`));
     });
+
+  program
+    .command('commit <machine>')
+    .description('make a failover final: its point can no longer be changed')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      const result = await cli.client.post<{ job: JobView; failover: FailoverView }>(`/machines/${encodeURIComponent(name)}/commit`);
+      cli.print(result, () => console.log(`${name}: failover to ${result.failover.pointId} committed`));
+    });
+}
+
+/**
+ * Waits until the machine's failover is ready (its disks written), following each job it goes through
+ * (a planned failover's final point, then the write). Throws the failing job's error, or conflict when the
+ * failover was rolled back.
+ */
+async function waitForFailover(cli: CliContext, name: string): Promise<FailoverView> {
+  for (;;) {
+    const machine = await cli.client.get<{ state: string; failover: FailoverView | null }>(`/machines/${encodeURIComponent(name)}`);
+    if (!machine.failover) throw new FerryError('conflict', `the failover of '${name}' did not complete; the machine is ${machine.state} (see \`ferry events\`)`);
+    if (machine.state === 'failed-over' && machine.failover.state === 'ready') {
+      if (machine.failover.error) throw new FerryError('conflict', `the change of point of '${name}' failed: ${machine.failover.error}`);
+      return machine.failover;
+    }
+    const job = await cli.waitForJob(machine.failover.jobId).catch((error: unknown) => {
+      if (error instanceof FerryError && error.code !== 'server-unreachable') return null; // the failover rolls back; look again
+      throw error;
+    });
+    if (job === null) await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }

@@ -29,13 +29,19 @@ function printMachine(machine: MachineView): void {
     ['RPO', machine.rpoSeconds === null ? null : `${formatDuration(machine.rpoSeconds)} (threshold ${formatDuration(machine.rpoThresholdSeconds ?? 0)})`],
     ['points', machine.pointCount],
     ['hooks', machine.hooks.prePoint ? `pre: ${machine.hooks.prePoint} | post: ${machine.hooks.postPoint ?? '-'} | timeout ${machine.hooks.timeoutSeconds}s` : 'none'],
+    ['shutdown', machine.hooks.shutdown ?? 'none (planned failover needs one)'],
     ['test failover', machine.testFailover ? `${machine.testFailover.state} at ${machine.testFailover.pointId}` : 'none'],
+    ['failover', machine.failover ? `${machine.failover.kind}, ${machine.failover.state}${machine.failover.pointId ? ` at ${machine.failover.pointId}` : ''}${machine.failover.error ? ` (${machine.failover.error})` : ''}` : 'none'],
   ]);
   console.log('disks:');
   printTable(['#', 'PATH', 'SIZE', 'ERROR'], machine.disks.map((d) => [d.position, d.path, formatBytes(d.sizeBytes), d.error]));
   if (machine.testFailover) {
     console.log('test failover disks:');
     printTable(['#', 'PATH'], machine.testFailover.disks.map((d) => [d.position, d.path]));
+  }
+  if (machine.failover && machine.failover.disks.length > 0) {
+    console.log('failed-over disks:');
+    printTable(['#', 'PATH'], machine.failover.disks.map((d) => [d.position, d.path]));
   }
 }
 
@@ -57,12 +63,14 @@ export function registerMachineCommands(program: Command): void {
     .option('--pre-point <command>', 'shell command the agent runs before reading the disks (quiesce); "" removes it')
     .option('--post-point <command>', 'shell command the agent runs after reading them (resume); "" removes it')
     .option('--hook-timeout <duration>', 'how long each hook may run, e.g. 60s')
-    .action(async (name: string, options: { prePoint?: string; postPoint?: string; hookTimeout?: string }, command: Command) => {
+    .option('--shutdown <command>', 'shell command a planned failover has the agent run to stop the workload; "" removes it')
+    .action(async (name: string, options: { prePoint?: string; postPoint?: string; hookTimeout?: string; shutdown?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const updated = await cli.client.patch<MachineView>(`/machines/${encodeURIComponent(name)}`, {
         ...(options.prePoint !== undefined ? { prePointCommand: options.prePoint || null } : {}),
         ...(options.postPoint !== undefined ? { postPointCommand: options.postPoint || null } : {}),
         ...(options.hookTimeout ? { hookTimeoutSeconds: parseDuration(options.hookTimeout, '--hook-timeout') } : {}),
+        ...(options.shutdown !== undefined ? { shutdownCommand: options.shutdown || null } : {}),
       });
       cli.print(updated, printMachine);
     });

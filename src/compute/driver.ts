@@ -12,11 +12,15 @@
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { DiskIndex } from '../store/disk-index.js';
 
-/** One recovered machine at a site: which machine, for what ("test" failover, ...). */
+/**
+ * One recovered machine at a site: which machine, for what (a "test" failover, or a "failover"), and for
+ * a failover which generation (the point it was written from: changing the point writes a new one).
+ */
 export interface RecoveryInstance {
   sitePath: string;
   machineName: string;
-  purpose: 'test';
+  purpose: 'test' | 'failover';
+  generation?: string;
 }
 
 /** A disk to materialise and where it goes. */

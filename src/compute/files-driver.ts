@@ -1,4 +1,7 @@
-/** The "files" compute driver: recovered disks are raw image files under SITE/<machine>/<purpose>/. */
+/**
+ * The "files" compute driver: recovered disks are raw image files under SITE/<machine>/test-failover/
+ * (a test failover) or SITE/<machine>/failover/<generation>/ (a failover, one directory per point).
+ */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ensureDirectory } from '../util/durable-fs.js';
@@ -26,11 +29,16 @@ export class FilesDriver implements ComputeDriver {
 
   async remove(instance: RecoveryInstance): Promise<void> {
     await fs.rm(instanceDirectory(instance), { recursive: true, force: true });
-    // Leave SITE/<machine>/ if other instances live there; remove it when empty.
-    await fs.rmdir(path.dirname(instanceDirectory(instance))).catch(() => undefined);
+    // Leave the parents if other instances live there; remove each when empty.
+    const machineDirectory = path.join(instance.sitePath, instance.machineName);
+    for (let directory = path.dirname(instanceDirectory(instance)); directory.startsWith(machineDirectory); directory = path.dirname(directory)) {
+      if (!(await fs.rmdir(directory).then(() => true).catch(() => false))) break;
+    }
   }
 }
 
 function instanceDirectory(instance: RecoveryInstance): string {
-  return path.join(instance.sitePath, instance.machineName, instance.purpose === 'test' ? 'test-failover' : instance.purpose);
+  if (instance.purpose === 'test') return path.join(instance.sitePath, instance.machineName, 'test-failover');
+  if (!instance.generation || !/^[A-Za-z0-9_-]+$/.test(instance.generation)) throw new Error(`a failover instance needs a plain generation name, not '${instance.generation}'`);
+  return path.join(instance.sitePath, instance.machineName, 'failover', instance.generation);
 }

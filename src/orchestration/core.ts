@@ -29,6 +29,7 @@ import { Replication } from './replication.js';
 import { Scheduler } from './scheduler.js';
 import { Sites } from './sites.js';
 import { StoreMaintenance } from './store-maintenance.js';
+import { Failovers } from './failover.js';
 import { TestFailovers } from './test-failover.js';
 import { Tokens } from './tokens.js';
 
@@ -54,6 +55,8 @@ export class FerryCore {
   readonly points: Points;
   readonly replication: Replication;
   readonly testFailovers: TestFailovers;
+  /** Planned and unplanned failover, change of point, commit. */
+  readonly failovers: Failovers;
   readonly events: Events;
   /** Store writes of the agent protocol, safe against a concurrent garbage collection. */
   readonly storeGuard: StoreGuard;
@@ -78,12 +81,14 @@ export class FerryCore {
     this.points = new Points(context, this.jobs, this.machines, this.events);
     this.replication = new Replication(context, this.jobs, this.machines, this.points, this.sites, this.policies, this.events);
     this.testFailovers = new TestFailovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver());
+    this.failovers = new Failovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver());
     this.scheduler = new Scheduler(context, this.points, this.machines, this.events);
     this.storeGuard = new StoreGuard(context.store);
     this.storeMaintenance = new StoreMaintenance(context, this.storeGuard, this.events);
     this.runner = new JobRunner(context, this.jobs, {
       'test-failover': (job) => this.testFailovers.runCreate(job),
       'test-failover-cleanup': (job) => this.testFailovers.runCleanup(job),
+      failover: (job) => this.failovers.runWrite(job),
     });
   }
 
@@ -128,6 +133,7 @@ export class FerryCore {
     this.scheduler.start();
     this.runner.start();
     this.storeMaintenance.start();
+    this.failovers.start();
   }
 
   /** Tells long-running requests (agent long polls) to return now; call before closing the HTTP server. */
@@ -140,6 +146,7 @@ export class FerryCore {
     this.beginShutdown();
     await this.scheduler.stop();
     await this.runner.stop();
+    await this.failovers.stop();
     await this.storeMaintenance.stop();
     await this.context.db.destroy();
   }

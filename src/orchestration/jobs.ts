@@ -13,10 +13,13 @@ import type { Events } from './events.js';
 import { activeJobStates, type JobEvent, type JobState, jobTransitions, nextState } from './lifecycle.js';
 
 /** Kinds of job, and who runs each. */
-export type JobKind = 'initial-replication' | 'point' | 'test-failover' | 'test-failover-cleanup';
+export type JobKind = 'initial-replication' | 'point' | 'final-point' | 'test-failover' | 'test-failover-cleanup' | 'failover' | 'commit';
 
-/** Replication jobs: the kinds an agent runs (reading the source disks); the rest run on the server. */
-export const replicationJobKinds: readonly JobKind[] = ['initial-replication', 'point'];
+/**
+ * Replication jobs: the kinds an agent runs (reading the source disks); the rest run on the server.
+ * A `final-point` is a planned failover's last cycle: the agent stops the workload first.
+ */
+export const replicationJobKinds: readonly JobKind[] = ['initial-replication', 'point', 'final-point'];
 
 /** True for jobs an agent executes. */
 export function isAgentJob(kind: string): boolean {

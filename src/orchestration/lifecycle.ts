@@ -9,18 +9,42 @@ import { FerryError } from '../errors.js';
 export type TransitionTable<State extends string, Event extends string> = Record<State, Partial<Record<Event, State>>>;
 
 /**
- * Protection state of a machine (DR/migration states arrive with failover in a later change). A
- * paused machine keeps its points but takes no new ones until resumed.
+ * State of a protected machine, the one table every DR and migration operation goes through:
+ *
+ *   unprotected --protect--> protecting --initial-point-committed--> protected <--pause/resume--> paused
+ *   protected | paused --failover--> failing-over --failover-done--> failed-over --commit--> committed
+ *                                    failing-over --failover-failed--> protected   (nothing was failed over)
+ *   failed-over --change-point--> failing-over --change-point-failed--> failed-over (the old disks stay)
+ *
+ * `failover` is planned (the agent stops the workload and takes a final point first) or unplanned (from
+ * what the store has); `change-point` rewrites the failed-over disks from another point before commit.
+ * Reprotect, failback and migration extend this table as they are built.
  */
-export type MachineState = 'unprotected' | 'protecting' | 'protected' | 'paused';
-export type MachineEvent = 'protect' | 'initial-point-committed' | 'pause' | 'resume';
+export type MachineState = 'unprotected' | 'protecting' | 'protected' | 'paused' | 'failing-over' | 'failed-over' | 'committed';
+export type MachineEvent =
+  | 'protect'
+  | 'initial-point-committed'
+  | 'pause'
+  | 'resume'
+  | 'failover'
+  | 'failover-done'
+  | 'failover-failed'
+  | 'change-point'
+  | 'change-point-failed'
+  | 'commit';
 
 export const machineTransitions: TransitionTable<MachineState, MachineEvent> = {
   unprotected: { protect: 'protecting' },
   protecting: { 'initial-point-committed': 'protected' },
-  protected: { pause: 'paused' },
-  paused: { resume: 'protected' },
+  protected: { pause: 'paused', failover: 'failing-over' },
+  paused: { resume: 'protected', failover: 'failing-over' },
+  'failing-over': { 'failover-done': 'failed-over', 'failover-failed': 'protected', 'change-point-failed': 'failed-over' },
+  'failed-over': { 'change-point': 'failing-over', commit: 'committed' },
+  committed: {},
 };
+
+/** States in which the scheduler takes points of a machine. */
+export const replicatingMachineStates: readonly MachineState[] = ['protecting', 'protected'];
 
 /** Jobs: queued until an executor claims them, then running until they end. */
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';

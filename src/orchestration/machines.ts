@@ -11,7 +11,8 @@ import { promises as fs } from 'node:fs';
 import type { JobRow } from '../db/schema.js';
 import { type CoreContext, parseJsonColumn } from './context.js';
 import { replicationJobKinds } from './jobs.js';
-import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
+import { failoverView } from './failover.js';
+import { type MachineState, machineTransitions, nextState, replicatingMachineStates } from './lifecycle.js';
 import type { Principal } from './tokens.js';
 
 /** Hook timeout a machine starts with. */
@@ -146,7 +147,7 @@ export class Machines {
     return this.context.db.selectFrom('disks').selectAll().where('machine_id', '=', machineId).orderBy('position').execute();
   }
 
-  /** Changes a machine's hooks. */
+  /** Changes a machine's hooks and shutdown command. */
   async update(name: string, request: UpdateMachineRequest): Promise<MachineView> {
     const machine = await this.get(name);
     await this.context.db
@@ -155,6 +156,7 @@ export class Machines {
         ...(request.prePointCommand !== undefined ? { pre_point_command: request.prePointCommand || null } : {}),
         ...(request.postPointCommand !== undefined ? { post_point_command: request.postPointCommand || null } : {}),
         ...(request.hookTimeoutSeconds !== undefined ? { hook_timeout_seconds: request.hookTimeoutSeconds } : {}),
+        ...(request.shutdownCommand !== undefined ? { shutdown_command: request.shutdownCommand || null } : {}),
         updated_at: this.context.now(),
       })
       .where('id', '=', machine.id)
@@ -213,7 +215,7 @@ export class Machines {
   async view(name: string): Promise<MachineView> {
     const { db, now, options } = this.context;
     const machine = await this.get(name);
-    const [agent, site, policy, disks, activeJob, pointCount, testFailover] = await Promise.all([
+    const [agent, site, policy, disks, activeJob, pointCount, testFailover, failover] = await Promise.all([
       db.selectFrom('agents').selectAll().where('id', '=', machine.agent_id).executeTakeFirstOrThrow(),
       machine.site_id ? db.selectFrom('sites').select('name').where('id', '=', machine.site_id).executeTakeFirst() : undefined,
       machine.policy_id ? db.selectFrom('policies').selectAll().where('id', '=', machine.policy_id).executeTakeFirst() : undefined,
@@ -228,16 +230,21 @@ export class Machines {
         .executeTakeFirst(),
       db.selectFrom('points').select((eb) => eb.fn.countAll<number>().as('count')).where('machine_id', '=', machine.id).executeTakeFirstOrThrow(),
       db.selectFrom('test_failovers').selectAll().where('machine_id', '=', machine.id).executeTakeFirst(),
+      db.selectFrom('failovers').selectAll().where('machine_id', '=', machine.id).executeTakeFirst(),
     ]);
     const currentTime = now();
     const online = currentTime - agent.last_seen_at < options.agentOfflineAfterMs;
-    const rpoSeconds = machine.state !== 'unprotected' && machine.last_point_at !== null ? Math.max(0, Math.round((currentTime - machine.last_point_at) / 1000)) : null;
+    // Replication is watched (agent, errors, RPO) while the machine replicates or is paused; failed over,
+    // its source may be gone on purpose, and no new points are expected.
+    const watched = replicatingMachineStates.includes(machine.state as MachineState) || machine.state === 'paused';
+    const rpoSeconds = watched && machine.last_point_at !== null ? Math.max(0, Math.round((currentTime - machine.last_point_at) / 1000)) : null;
     const rpoThresholdSeconds = policy?.rpo_threshold_seconds ?? null;
 
     const critical: string[] = [];
     const warning: string[] = [];
     for (const disk of disks) if (disk.error) critical.push(`disk ${disk.position} (${disk.path}): ${disk.error}`);
-    if (machine.state !== 'unprotected') {
+    if (failover?.error) warning.push(`failover: ${failover.error}`);
+    if (watched) {
       if (!online) critical.push(`agent '${agent.name}' not seen for ${Math.round((currentTime - agent.last_seen_at) / 1000)}s`);
       if (machine.replication_error) {
         const failures = await this.consecutiveFailures(machine.id);
@@ -272,7 +279,7 @@ export class Machines {
       site: site?.name ?? null,
       policy: policy?.name ?? null,
       disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path, sizeBytes: disk.size_bytes, error: disk.error })),
-      hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
+      hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds, shutdown: machine.shutdown_command },
       replication: {
         state: activeJob
           ? activeJob.kind === 'initial-replication'
@@ -297,6 +304,8 @@ export class Machines {
       rpoThresholdSeconds,
       pointCount: Number(pointCount.count),
       testFailover: testFailoverView,
+      failover: failover ? failoverView(failover) : null,
+      direction: machine.direction,
     };
   }
 }

@@ -14,7 +14,7 @@ import { newId } from '../util/ids.js';
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
 import { type JobKind, Jobs, jobView, replicationJobKinds } from './jobs.js';
-import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
+import { type MachineState, machineTransitions, nextState, replicatingMachineStates } from './lifecycle.js';
 import type { Machines } from './machines.js';
 
 
@@ -58,6 +58,9 @@ export class Points {
     }
     if (machine.state === 'paused') {
       throw new FerryError('conflict', `machine '${machineName}' is paused; run \`ferry resume ${machineName}\` first`);
+    }
+    if (!replicatingMachineStates.includes(machine.state as MachineState)) {
+      throw new FerryError('conflict', `machine '${machineName}' is ${machine.state}; points are taken only while it is protecting or protected`);
     }
     return this.ensureReplicationJob(machine.id, this.context.db, consistency);
   }
@@ -178,17 +181,25 @@ export class Points {
     };
   }
 
-  /** Resolves "latest" or a point id to one of the machine's points; throws not-found naming what was asked. */
+  /**
+   * The machine's point named by `selector`: "latest", "latest-app" (newest app-consistent), a point id,
+   * or an ISO 8601 time (the newest point taken at or before it). conflict when the machine has no such
+   * point yet (latest, latest-app, a time before its first point); not-found for an unknown id.
+   */
   async resolve(machine: MachineRow, selector: string): Promise<PointRow> {
     let query = this.context.db.selectFrom('points').selectAll().where('machine_id', '=', machine.id);
-    query = selector === 'latest' ? query.orderBy('taken_at', 'desc').limit(1) : query.where('id', '=', selector);
+    const time = /^\d{4}-\d{2}-\d{2}T/.test(selector) ? Date.parse(selector) : Number.NaN;
+    if (selector === 'latest') query = query.orderBy('taken_at', 'desc').limit(1);
+    else if (selector === 'latest-app') query = query.where('consistency', '=', 'app').orderBy('taken_at', 'desc').limit(1);
+    else if (!Number.isNaN(time)) query = query.where('taken_at', '<=', time).orderBy('taken_at', 'desc').limit(1);
+    else if (/^\d{4}-\d{2}-\d{2}T/.test(selector)) throw new FerryError('invalid-request', `'${selector}' is not a valid time (ISO 8601, e.g. 2026-11-24T08:00:00Z)`);
+    else query = query.where('id', '=', selector);
     const point = await query.executeTakeFirst();
-    if (!point) {
-      throw selector === 'latest'
-        ? new FerryError('conflict', `machine '${machine.name}' has no recovery point yet`)
-        : notFound(`recovery point of machine '${machine.name}'`, selector);
-    }
-    return point;
+    if (point) return point;
+    if (selector === 'latest') throw new FerryError('conflict', `machine '${machine.name}' has no recovery point yet`);
+    if (selector === 'latest-app') throw new FerryError('conflict', `machine '${machine.name}' has no app-consistent recovery point`);
+    if (!Number.isNaN(time)) throw new FerryError('conflict', `machine '${machine.name}' has no recovery point taken at or before ${new Date(time).toISOString()}`);
+    throw notFound(`recovery point of machine '${machine.name}'`, selector);
   }
 
   /**
@@ -200,12 +211,15 @@ export class Points {
   async expire(machine: MachineRow, rules: RetentionRules): Promise<number> {
     const points = await this.context.db.selectFrom('points').select(['id', 'taken_at', 'consistency']).where('machine_id', '=', machine.id).execute();
     if (points.length === 0) return 0;
-    const inUse = await this.context.db.selectFrom('test_failovers').select('point_id').where('machine_id', '=', machine.id).execute();
+    const inUse = [
+      ...(await this.context.db.selectFrom('test_failovers').select('point_id').where('machine_id', '=', machine.id).execute()),
+      ...(await this.context.db.selectFrom('failovers').select('point_id').where('machine_id', '=', machine.id).where('point_id', 'is not', null).execute()),
+    ];
     const keep = pointsToKeep(
       points.map((point) => ({ id: point.id, takenAt: point.taken_at, consistency: point.consistency })),
       rules,
       this.context.now(),
-      new Set(inUse.map((row) => row.point_id)),
+      new Set(inUse.flatMap((row) => (row.point_id === null ? [] : [row.point_id]))),
     );
     const doomed = points.filter((point) => !keep.has(point.id)).map((point) => point.id);
     let deleted = 0;

@@ -120,7 +120,7 @@ export class Replication {
   private async describeForAgent(jobId: string, machineId: string, params: string): Promise<AgentJob> {
     const machine = await this.machines.getById(machineId);
     const disks = await this.machines.disksOf(machineId);
-    const parsed = JSON.parse(params) as { chunkSize?: number; consistency?: 'app' | 'crash' };
+    const parsed = JSON.parse(params) as { chunkSize?: number; consistency?: 'app' | 'crash'; shutdown?: boolean };
     const chunkSize = Number(parsed.chunkSize) || this.context.options.chunkSize;
     return {
       id: jobId,
@@ -130,6 +130,7 @@ export class Replication {
       hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
       consistency: parsed.consistency ?? 'app',
       chunkSize,
+      ...(parsed.shutdown ? { shutdown: machine.shutdown_command } : {}),
     };
   }
 }

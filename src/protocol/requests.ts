@@ -50,15 +50,31 @@ export const updateMachineRequest = z
     prePointCommand: z.string().max(4096).nullable().optional(),
     postPointCommand: z.string().max(4096).nullable().optional(),
     hookTimeoutSeconds: seconds.max(3600).optional(),
+    /** Command a planned failover has the agent run to stop the machine's workload; null clears it. */
+    shutdownCommand: z.string().max(4096).nullable().optional(),
   })
   .strict();
 
 export const protectRequest = z.object({ site: name, policy: name.default('default') });
 
-/** "latest" or a point id. */
+/**
+ * Which recovery point: "latest", "latest-app" (the newest app-consistent one), a point id, or a time
+ * (ISO 8601: the newest point taken at or before it).
+ */
 export const pointSelector = z.string().min(1).max(64).default('latest');
 
 export const testFailoverRequest = z.object({ point: pointSelector });
+
+/**
+ * `POST /machines/{name}/failover`: `planned` (the agent runs the machine's shutdown command and takes a
+ * final point, which is failed over to: nothing acknowledged is lost), `unplanned` (from the point
+ * chosen by `point` among what the store has; the source may be gone), or `change-point` (before
+ * commit, rewrite the failed-over disks from another point).
+ */
+export const failoverRequest = z
+  .object({ mode: z.enum(['planned', 'unplanned', 'change-point']), point: pointSelector })
+  .strict()
+  .refine((request) => request.mode !== 'planned' || request.point === 'latest', { message: 'a planned failover always uses its own final point: leave out point', path: ['point'] });
 
 /** `ferry points create`: optionally force or skip the hooks for this point. */
 export const createPointRequest = z.object({ consistency: z.enum(['app', 'crash']).optional() });

@@ -50,6 +50,21 @@ export interface FailoverDiskView {
   sizeBytes: number;
 }
 
+/** A failover (not a test) of a machine, from the request to commit. */
+export interface FailoverView {
+  kind: 'planned' | 'unplanned';
+  /** final-point (planned: waiting for the agent's shutdown and last point), writing, ready, committed. */
+  state: string;
+  /** The point failed over to; null while a planned failover waits for its final point. */
+  pointId: string | null;
+  /** The job working on it now (the final point's, then the server's). */
+  jobId: string;
+  disks: FailoverDiskView[];
+  error: string | null;
+  createdAt: string;
+  committedAt: string | null;
+}
+
 /** Everything `ferry status MACHINE` shows. */
 export interface MachineView {
   id: string;
@@ -59,7 +74,8 @@ export interface MachineView {
   site: string | null;
   policy: string | null;
   disks: DiskView[];
-  hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number };
+  /** Hook commands; `shutdown` is what a planned failover runs to stop the workload. */
+  hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number; shutdown: string | null };
   replication: {
     /**
      * initial-replication: the first full copy; replicating: a point is being taken; resyncing: a
@@ -81,6 +97,10 @@ export interface MachineView {
   rpoThresholdSeconds: number | null;
   pointCount: number;
   testFailover: TestFailoverView | null;
+  /** Set while the machine is failing over, failed over or committed. */
+  failover: FailoverView | null;
+  /** Where replication goes: 'forward' (to the recovery site) or 'reverse' (after reprotect). */
+  direction: string;
 }
 
 export interface PointDiskView {
@@ -162,6 +182,11 @@ export interface AgentJob {
   /** 'app': run the hooks (if any) around the capture; 'crash': capture without them. */
   consistency: 'app' | 'crash';
   chunkSize: number;
+  /**
+   * Set for the final point of a planned failover: the command that stops the machine's workload, run
+   * before the disks are captured (instead of the pre-point hook). Its failure fails the job.
+   */
+  shutdown?: string | null;
 }
 
 export interface WorkResponse {

@@ -1,7 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FerryError } from '../../src/errors.js';
-import { allows, jobTransitions, machineTransitions, nextState, testFailoverTransitions } from '../../src/orchestration/lifecycle.js';
+import { type MachineEvent, type MachineState, allows, jobTransitions, machineTransitions, nextState, testFailoverTransitions } from '../../src/orchestration/lifecycle.js';
 import { ferryError } from './helpers.js';
 
 describe('lifecycle', () => {
@@ -74,5 +74,28 @@ describe('lifecycle', () => {
         }
       }
     }
+  });
+
+  test('the machine table is closed and connected: every target is a state, every state is reachable from unprotected', () => {
+    const table = machineTransitions as Record<string, Partial<Record<string, string>>>;
+    const states = new Set(Object.keys(table));
+    for (const [state, events] of Object.entries(table)) {
+      for (const [event, target] of Object.entries(events)) assert.ok(states.has(target!), `${state} --${event}--> ${target}: not a state`);
+    }
+    const reached = new Set(['unprotected']);
+    for (let grew = true; grew; ) {
+      grew = false;
+      for (const state of [...reached]) for (const target of Object.values(table[state]!)) if (!reached.has(target!)) grew = reached.add(target!).size > 0;
+    }
+    assert.deepEqual([...reached].sort(), [...states].sort());
+  });
+
+  test('a failover goes protected -> failing-over -> failed-over -> committed, and rolls back to protected', () => {
+    const walk = (state: MachineState, ...events: MachineEvent[]) => events.reduce((current, event) => nextState(machineTransitions, 'm', current, event), state);
+    assert.equal(walk('protected', 'failover', 'failover-done', 'commit'), 'committed');
+    assert.equal(walk('paused', 'failover', 'failover-failed'), 'protected');
+    assert.equal(walk('protected', 'failover', 'failover-done', 'change-point', 'change-point-failed'), 'failed-over');
+    assert.throws(() => walk('protected', 'commit'), ferryError('conflict', ['is protected', 'cannot commit']));
+    assert.throws(() => walk('protecting', 'failover'), ferryError('conflict', ['is protecting', 'cannot failover']));
   });
 });

@@ -1,7 +1,7 @@
-/** Routes for machines: status, settings, protection, points and test failover (admin). */
+/** Routes for machines: status, settings, protection, points, test failover, failover and commit (admin). */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
-import { createPointRequest, listPointsQuery, nameParam, protectRequest, testFailoverRequest, updateMachineRequest } from '../../protocol/requests.js';
+import { createPointRequest, failoverRequest, listPointsQuery, nameParam, protectRequest, testFailoverRequest, updateMachineRequest } from '../../protocol/requests.js';
 import { parse } from '../http-errors.js';
 
 export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
@@ -37,4 +37,10 @@ export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
   app.delete('/api/v1/machines/:name/test-failover', async (request, reply) => {
     return reply.status(202).send({ job: await core.testFailovers.cleanup(machineName(request.params)) });
   });
+
+  app.post('/api/v1/machines/:name/failover', async (request, reply) => {
+    const body = parse(failoverRequest, request.body, 'failover request');
+    return reply.status(202).send(await core.failovers.request(machineName(request.params), body.mode, body.point));
+  });
+  app.post('/api/v1/machines/:name/commit', async (request) => core.failovers.commit(machineName(request.params)));
 }
