@@ -58,7 +58,13 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
 
   const hookEnv = { FERRY_MACHINE: job.machine.name, FERRY_JOB: job.id };
   const notes: string[] = [];
-  const wantsHooks = job.consistency === 'app' && Boolean(job.hooks.prePoint);
+  // A planned failover's final point: the workload is stopped first, so every write it acknowledged is on
+  // its disks. Its failure fails the job (and with it the failover, which rolls back).
+  const stoppedByShutdown = Boolean(job.shutdown);
+  if (job.shutdown) {
+    await runHook(job.shutdown, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'shutdown' });
+  }
+  const wantsHooks = !stoppedByShutdown && job.consistency === 'app' && Boolean(job.hooks.prePoint);
   let hookHeld = false; // the pre-point hook succeeded and the post-point hook has not run yet
   const runPostHook = async () => {
     if (!hookHeld) return;
@@ -69,7 +75,9 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
       deps.log.warn({ jobId: job.id }, error.message);
     });
   };
-  let hookSucceeded = false;
+  // A stopped workload holds the disks quiet just as a successful pre-point hook does.
+  let hookSucceeded = stoppedByShutdown;
+  if (stoppedByShutdown) notes.push('the workload was stopped by its shutdown command before the disks were captured');
   if (wantsHooks) {
     try {
       await runHook(job.hooks.prePoint!, { timeoutSeconds: job.hooks.timeoutSeconds, env: hookEnv, name: 'pre-point' });
