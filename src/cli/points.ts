@@ -1,6 +1,7 @@
 /** `ferry points`, `ferry jobs`, `ferry job`. */
 import type { Command } from 'commander';
 import type { JobView, PointView } from '../protocol/views.js';
+import { parseDuration } from '../util/duration.js';
 import { CliContext } from './context.js';
 import { formatAge, formatBytes, printFields, printTable, progressBar } from './output.js';
 
@@ -63,20 +64,33 @@ export function registerPointCommands(program: Command): void {
 
   program
     .command('jobs')
-    .description('recent jobs, newest first')
+    .description('recent jobs, newest first; --watch follows them live with progress bars')
     .option('--machine <name>', 'only this machine')
     .option('--active', 'only jobs that have not ended')
     .option('--limit <n>', 'how many', '20')
-    .action(async (options: { machine?: string; active?: boolean; limit: string }, command: Command) => {
+    .option('--watch', 'refresh every --interval until none of the listed jobs is active (or Ctrl-C)')
+    .option('--interval <duration>', 'refresh interval of --watch', '1s')
+    .action(async (options: { machine?: string; active?: boolean; limit: string; watch?: boolean; interval: string }, command: Command) => {
       const cli = CliContext.of(command);
-      const { jobs } = await cli.client.get<{ jobs: JobView[] }>('/jobs', { machine: options.machine, active: options.active ? 'true' : undefined, limit: options.limit });
-      cli.print({ jobs }, () =>
-        printTable(
-          ['JOB', 'KIND', 'MACHINE', 'STATE', 'PROGRESS', 'STARTED', 'ERROR'],
-          jobs.map((j) => [j.id, j.kind, j.machine, j.state, `${j.progress.percent}%`, formatAge(j.startedAt), j.error ? `${j.error.code}: ${j.error.message}` : null]),
-          'no jobs',
-        ),
-      );
+      const query = { machine: options.machine, active: options.active ? 'true' : undefined, limit: options.limit };
+      if (!options.watch) {
+        const { jobs } = await cli.client.get<{ jobs: JobView[] }>('/jobs', query);
+        cli.print({ jobs }, () => printJobs(jobs, false));
+        return;
+      }
+      const intervalMs = parseDuration(options.interval, '--interval') * 1000;
+      const redraw = process.stdout.isTTY && !cli.json;
+      for (;;) {
+        const { jobs } = await cli.client.get<{ jobs: JobView[] }>('/jobs', query);
+        if (cli.json) console.log(JSON.stringify({ at: new Date().toISOString(), jobs })); // one document per refresh
+        else {
+          if (redraw) process.stdout.write('\x1b[2J\x1b[H');
+          console.log(`jobs at ${new Date().toISOString()} (every ${options.interval}; Ctrl-C to stop)`);
+          printJobs(jobs, true);
+        }
+        if (!jobs.some((each) => each.state === 'queued' || each.state === 'running')) return;
+        await new Promise((resolve) => setTimeout(resolve, intervalMs));
+      }
     });
 
   const job = program.command('job').description('one job');
@@ -95,4 +109,21 @@ export function registerPointCommands(program: Command): void {
       const cli = CliContext.of(command);
       cli.print(await cli.client.post<JobView>(`/jobs/${encodeURIComponent(id)}/cancel`), printJob);
     });
+}
+
+/** The jobs table; `bars` shows progress as bars with the current step (for --watch). */
+function printJobs(jobs: JobView[], bars: boolean): void {
+  printTable(
+    bars ? ['JOB', 'KIND', 'MACHINE', 'STATE', 'PROGRESS', 'STEP', 'ERROR'] : ['JOB', 'KIND', 'MACHINE', 'STATE', 'PROGRESS', 'STARTED', 'ERROR'],
+    jobs.map((j) => [
+      j.id,
+      j.kind,
+      j.machine,
+      j.state,
+      bars ? progressBar(j.progress.percent) : `${j.progress.percent}%`,
+      bars ? j.step : formatAge(j.startedAt),
+      j.error ? `${j.error.code}: ${j.error.message}` : null,
+    ]),
+    'no jobs',
+  );
 }

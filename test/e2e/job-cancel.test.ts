@@ -1,6 +1,8 @@
 /**
- * `ferry job cancel` with a real agent: a cycle held open by its pre-point hook is cancelled; the agent's
- * commit is refused, no point is made, the event is recorded, and the next cycle makes a good point.
+ * Jobs from the CLI with a real agent:
+ * - `ferry job cancel`: a cycle held open by its pre-point hook is cancelled; the agent's commit is
+ *   refused, no point is made, the event is recorded, and the next cycle makes a good point.
+ * - `ferry jobs --watch`: follows a running job until nothing is active, then exits by itself.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -44,4 +46,31 @@ test('a running cycle cancelled by ferry job cancel makes no point; the next cyc
   assert.equal(next.job.state, 'succeeded', JSON.stringify(next.job.error));
   const finished = await waitForJob(server.admin, next.job.id);
   assert.ok(await restoresIdentical(server, 'app', finished.result!.pointId as string, [disk]), 'the next point restores identical');
+});
+
+test('ferry jobs --watch follows a running job and exits once nothing is active', async (t) => {
+  const root = await tempDir(t);
+  const disk = await ext4Disk(root, 'app', 16, { 'data.bin': randomBytes(1024 * 1024) });
+  const server = await startServer(t, path.join(root, 'server'));
+  await connectAgent(t, server, root, { app: [disk] });
+  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
+  await ferryJson(server, ['protect', 'app', '--site', 'dr', '--wait']);
+  const gate = path.join(root, 'gate');
+  await ferryJson(server, ['machine', 'set', 'app', '--pre-point', `while [ ! -e '${gate}' ]; do sleep 0.1; done`]);
+  const { job } = await ferryJson<{ job: JobView }>(server, ['points', 'create', 'app', '--consistency', 'app']);
+  await waitFor(async () => (await server.admin.get<JobView>(`/jobs/${job.id}`)).state === 'running', 'the cycle to start');
+
+  const watching = ferry(server, ['jobs', '--watch', '--interval', '1s', '--json']);
+  await new Promise((resolve) => setTimeout(resolve, 2500));
+  await fs.writeFile(gate, '');
+  const watched = await watching;
+  assert.equal(watched.code, 0, watched.stderr);
+  const refreshes = watched.stdout.trim().split('\n').map((line) => JSON.parse(line) as { jobs: JobView[] });
+  assert.ok(refreshes.length >= 2, `refreshed while the job ran: ${refreshes.length}`);
+  assert.equal(refreshes[0]!.jobs.find((each) => each.id === job.id)?.state, 'running');
+  assert.equal(refreshes.at(-1)!.jobs.find((each) => each.id === job.id)?.state, 'succeeded', 'the last refresh shows it ended');
+
+  const human = await ferry(server, ['jobs', '--watch']);
+  assert.equal(human.code, 0);
+  assert.match(human.stdout, /\[#{24}\] 100\.0%/, 'progress bars');
 });
