@@ -8,22 +8,31 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import type { EventView, JobView, PointView } from '../../src/protocol/views.js';
 import { connectAgent, ext4Disk, ferry, ferryJson, restoresIdentical, startServer, tempDir, waitFor, waitForJob } from './harness.js';
 
-test('a running cycle cancelled by ferry job cancel makes no point; the next cycle does', async (t) => {
+
+/**
+ * A protected machine whose next cycle is running and held open by its pre-point hook until the test
+ * creates `gate`.
+ */
+async function heldCycle(t: TestContext) {
   const root = await tempDir(t);
   const disk = await ext4Disk(root, 'app', 16, { 'data.bin': randomBytes(1024 * 1024) });
   const server = await startServer(t, path.join(root, 'server'));
   await connectAgent(t, server, root, { app: [disk] });
   await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
   await ferryJson(server, ['protect', 'app', '--site', 'dr', '--wait']);
-
   const gate = path.join(root, 'gate');
   await ferryJson(server, ['machine', 'set', 'app', '--pre-point', `while [ ! -e '${gate}' ]; do sleep 0.1; done`]);
   const { job } = await ferryJson<{ job: JobView }>(server, ['points', 'create', 'app', '--consistency', 'app']);
   await waitFor(async () => (await server.admin.get<JobView>(`/jobs/${job.id}`)).state === 'running', 'the agent to start the cycle');
+  return { server, disk, gate, job };
+}
+
+test('a running cycle cancelled by ferry job cancel makes no point; the next cycle does', async (t) => {
+  const { server, disk, gate, job } = await heldCycle(t);
 
   const cancelled = await ferryJson<JobView>(server, ['job', 'cancel', job.id]);
   assert.equal(cancelled.state, 'cancelled');
@@ -49,16 +58,7 @@ test('a running cycle cancelled by ferry job cancel makes no point; the next cyc
 });
 
 test('ferry jobs --watch follows a running job and exits once nothing is active', async (t) => {
-  const root = await tempDir(t);
-  const disk = await ext4Disk(root, 'app', 16, { 'data.bin': randomBytes(1024 * 1024) });
-  const server = await startServer(t, path.join(root, 'server'));
-  await connectAgent(t, server, root, { app: [disk] });
-  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
-  await ferryJson(server, ['protect', 'app', '--site', 'dr', '--wait']);
-  const gate = path.join(root, 'gate');
-  await ferryJson(server, ['machine', 'set', 'app', '--pre-point', `while [ ! -e '${gate}' ]; do sleep 0.1; done`]);
-  const { job } = await ferryJson<{ job: JobView }>(server, ['points', 'create', 'app', '--consistency', 'app']);
-  await waitFor(async () => (await server.admin.get<JobView>(`/jobs/${job.id}`)).state === 'running', 'the cycle to start');
+  const { server, gate, job } = await heldCycle(t);
 
   const watching = ferry(server, ['jobs', '--watch', '--interval', '1s', '--json']);
   await new Promise((resolve) => setTimeout(resolve, 2500));
