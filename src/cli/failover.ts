@@ -1,12 +1,13 @@
 /**
  * `ferry failover MACHINE --test | --planned | --unplanned [--point P] | --change-point --point P`,
- * `ferry failover cleanup MACHINE` (a test failover) and `ferry commit MACHINE`.
+ * `ferry failover cleanup MACHINE` (a test failover), `ferry commit MACHINE`, and migration:
+ * `ferry migrate MACHINE [--test]`, `ferry migrate cleanup MACHINE`, `ferry migrate complete MACHINE`.
  */
 import type { Command } from 'commander';
 import { FerryError } from '../errors.js';
 import type { FailoverDiskView, FailoverView, JobView } from '../protocol/views.js';
 import { CliContext } from './context.js';
-import { printTable } from './output.js';
+import { formatBytes, printTable } from './output.js';
 
 interface TestFailoverStarted {
   job: JobView;
@@ -95,6 +96,64 @@ export function registerFailoverCommands(program: Command): void {
       cli.print({ machine: name, job: finished }, () => console.log(`test failover of ${name}: cleanup ${finished.state}`));
     });
 
+  const migrate = program
+    .command('migrate')
+    .description('migrate a machine to its recovery site: --test first, then migrate (a planned failover that retires the source), then complete')
+    .argument('<machine>', 'machine to migrate')
+    .option('--test', "test migration: write the point's disks at the site in isolation (a test failover); replication goes on")
+    .option('--point <point>', 'with --test: latest, latest-app, a point id or a time', 'latest')
+    .option('--wait', 'wait until the disks are written')
+    .action(async (name: string, options: { test?: boolean; point: string; wait?: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      const machinePath = `/machines/${encodeURIComponent(name)}`;
+      if (options.test) {
+        const started = await cli.client.post<TestFailoverStarted>(`${machinePath}/test-failover`, { point: options.point });
+        const job = options.wait ? await cli.waitForJob(started.job.id) : started.job;
+        cli.print({ machine: name, pointId: started.pointId, job, disks: started.disks }, () => {
+          console.log(`test migration of ${name} to ${started.pointId}: ${options.wait ? 'ready' : `job ${job.id} ${job.state}`}`);
+          printTable(['#', 'PATH'], started.disks.map((disk) => [disk.position, disk.path]));
+          console.log(`when done: ferry migrate cleanup ${name}`);
+        });
+        return;
+      }
+      const started = await cli.client.post<FailoverStarted>(`${machinePath}/migrate`);
+      if (!options.wait) {
+        cli.print(started, () => console.log(`migration of ${name}: job ${started.job.id} ${started.job.state}; follow it with \`ferry status ${name}\``));
+        return;
+      }
+      const migrated = await waitForFailover(cli, name, 'migrated');
+      cli.print({ machine: name, failover: migrated }, () => {
+        console.log(`${name}: migrated to ${migrated.pointId}`);
+        printTable(['#', 'PATH'], migrated.disks.map((disk) => [disk.position, disk.path]));
+        console.log(`when it runs well there: ferry migrate complete ${name}`);
+      });
+    });
+
+  migrate
+    .command('cleanup <machine>')
+    .description("remove a test migration's disks")
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      const { job } = await cli.client.delete<{ job: JobView }>(`/machines/${encodeURIComponent(name)}/test-failover`);
+      const finished = await cli.waitForJob(job.id);
+      cli.print({ machine: name, job: finished }, () => console.log(`test migration of ${name}: cleanup ${finished.state}`));
+    });
+
+  migrate
+    .command('complete <machine>')
+    .description("end a migration: the machine's points are deleted and their space reclaimed; an agent at the target site can adopt it")
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      const { job } = await cli.client.post<{ job: JobView }>(`/machines/${encodeURIComponent(name)}/migrate/complete`);
+      const finished = await cli.waitForJob(job.id);
+      const result = finished.result as { deletedPoints: number; reclaimedBytes: number | null; note: string | null };
+      cli.print({ machine: name, job: finished }, () =>
+        console.log(
+          `${name}: migration completed; ${result.deletedPoints} point(s) deleted, ${result.reclaimedBytes === null ? result.note : `${formatBytes(result.reclaimedBytes)} reclaimed${result.note ? ` (${result.note})` : ''}`}`,
+        ),
+      );
+    });
+
   program
     .command('commit <machine>')
     .description('make a failover final: its point can no longer be changed')
@@ -110,11 +169,11 @@ export function registerFailoverCommands(program: Command): void {
  * (a planned failover's final point, then the write). Throws the failing job's error, or conflict when the
  * failover was rolled back.
  */
-async function waitForFailover(cli: CliContext, name: string): Promise<FailoverView> {
+async function waitForFailover(cli: CliContext, name: string, doneState = 'failed-over'): Promise<FailoverView> {
   for (;;) {
     const machine = await cli.client.get<{ state: string; failover: FailoverView | null }>(`/machines/${encodeURIComponent(name)}`);
     if (!machine.failover) throw new FerryError('conflict', `the failover of '${name}' did not complete; the machine is ${machine.state} (see \`ferry events\`)`);
-    if (machine.state === 'failed-over' && machine.failover.state === 'ready') {
+    if (machine.state === doneState && machine.failover.state === 'ready') {
       if (machine.failover.error) throw new FerryError('conflict', `the change of point of '${name}' failed: ${machine.failover.error}`);
       return machine.failover;
     }

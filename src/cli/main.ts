@@ -9,6 +9,7 @@ import { registerDaemonCommands } from './daemons.js';
 import { registerDemoCommands } from './demo.js';
 import { registerFailoverCommands } from './failover.js';
 import { registerMachineCommands } from './machines.js';
+import { registerPlanCommands } from './plans.js';
 import { registerPointCommands } from './points.js';
 import { registerStoreCommands } from './store.js';
 
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerMachineCommands(program);
   registerPointCommands(program);
   registerFailoverCommands(program);
+  registerPlanCommands(program);
   registerStoreCommands(program);
   registerDemoCommands(program);
   for (const command of allCommands(program)) command.exitOverride();

@@ -16,9 +16,25 @@ function printJob(job: JobView): void {
     ['progress', `${progressBar(job.progress.percent)} ${formatBytes(job.progress.doneBytes)} of ${formatBytes(job.progress.totalBytes)}`],
     ['created', job.createdAt],
     ['ended', job.endedAt],
+    ['parent', job.parentId],
     ['result', job.result ? JSON.stringify(job.result) : null],
     ['error', job.error ? `${job.error.code}: ${job.error.message}` : null],
   ]);
+  // A job that runs others (a recovery plan run): its steps, then the jobs it started.
+  if (job.steps?.length) {
+    console.log('steps:');
+    printTable(
+      ['STEP', 'STATE', 'WHAT', 'JOBS'],
+      job.steps.map((step) => [step.number, step.state, step.name, step.items.map((item) => `${item.machine ? `${item.machine}=` : ''}${item.jobId ?? item.state}`).join(' ')]),
+    );
+  }
+  if (job.children?.length) {
+    console.log('child jobs:');
+    printTable(
+      ['JOB', 'KIND', 'MACHINE', 'STATE', 'STEP', 'ERROR'],
+      job.children.map((child) => [child.id, child.kind, child.machine, child.state, child.step, child.error ? `${child.error.code}: ${child.error.message}` : null]),
+    );
+  }
 }
 
 export function registerPointCommands(program: Command): void {

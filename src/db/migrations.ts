@@ -170,6 +170,58 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Recovery plans: plans (groups of machines with actions around each group, as JSON), their runs (one
+  // job each, with a cursor over the run's steps), what each step started (plan_run_items), and a parent
+  // link from a job to the job that started it (a plan run's child jobs).
+  '0004-recovery-plans': {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('jobs').addColumn('parent_id', 'text').execute();
+      await db.schema.createIndex('jobs_parent').on('jobs').columns(['parent_id', 'created_at']).execute();
+      await db.schema
+        .createTable('plans')
+        .addColumn('id', 'text', (column) => column.primaryKey())
+        .addColumn('name', 'text', (column) => column.notNull().unique())
+        .addColumn('description', 'text', (column) => column.notNull())
+        .addColumn('groups', 'text', (column) => column.notNull())
+        .addColumn('created_at', 'integer', (column) => column.notNull())
+        .addColumn('updated_at', 'integer', (column) => column.notNull())
+        .execute();
+      await db.schema
+        .createTable('plan_runs')
+        .addColumn('id', 'text', (column) => column.primaryKey())
+        .addColumn('plan_id', 'text', (column) => column.notNull().references('plans.id').onDelete('cascade'))
+        .addColumn('plan_name', 'text', (column) => column.notNull())
+        .addColumn('job_id', 'text', (column) => column.notNull().unique().references('jobs.id'))
+        .addColumn('operation', 'text', (column) => column.notNull())
+        .addColumn('point', 'text')
+        .addColumn('groups', 'text', (column) => column.notNull())
+        .addColumn('state', 'text', (column) => column.notNull())
+        .addColumn('step_index', 'integer', (column) => column.notNull())
+        .addColumn('cancel_requested', 'integer', (column) => column.notNull().defaultTo(0))
+        .addColumn('error', 'text')
+        .addColumn('created_at', 'integer', (column) => column.notNull())
+        .addColumn('updated_at', 'integer', (column) => column.notNull())
+        .addColumn('ended_at', 'integer')
+        .execute();
+      await db.schema.createIndex('plan_runs_plan').on('plan_runs').columns(['plan_id', 'created_at']).execute();
+      // At most one active run per plan, whoever asks.
+      await sql`CREATE UNIQUE INDEX plan_runs_one_active ON plan_runs (plan_id) WHERE state IN ('running', 'waiting')`.execute(db);
+      await db.schema
+        .createTable('plan_run_items')
+        .addColumn('run_id', 'text', (column) => column.notNull().references('plan_runs.id').onDelete('cascade'))
+        .addColumn('step_index', 'integer', (column) => column.notNull())
+        .addColumn('position', 'integer', (column) => column.notNull())
+        .addColumn('machine', 'text')
+        .addColumn('job_id', 'text')
+        .addColumn('state', 'text', (column) => column.notNull())
+        .addColumn('error_code', 'text')
+        .addColumn('error_message', 'text')
+        .addColumn('started_at', 'integer', (column) => column.notNull())
+        .addColumn('ended_at', 'integer')
+        .addPrimaryKeyConstraint('plan_run_items_pk', ['run_id', 'step_index', 'position'])
+        .execute();
+    },
+  },
 };
 
 /** Supplies the migrations above to Kysely's Migrator. */

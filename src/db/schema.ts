@@ -116,6 +116,8 @@ export interface JobTable {
   updated_at: number;
   /** Set when a replication job is a resync: why the agent could not replicate incrementally. */
   resync_reason: string | null;
+  /** The job that started this one (a recovery plan run's job, for its child jobs); null for most jobs. */
+  parent_id: string | null;
 }
 
 export interface TestFailoverTable {
@@ -147,6 +149,59 @@ export interface FailoverTable {
   committed_at: number | null;
 }
 
+/** A recovery plan: groups of machines in order, with actions before and after each group. */
+export interface PlanTable {
+  id: string;
+  name: string;
+  description: string;
+  /** JSON PlanGroup[] (src/protocol/plans.ts), validated when the plan was created. */
+  groups: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** One run of a plan: an operation on every machine of the plan, carried by one job of kind `plan`. */
+export interface PlanRunTable {
+  id: string;
+  plan_id: string;
+  plan_name: string;
+  job_id: string;
+  /** A machine operation name (src/orchestration/machine-operations.ts). */
+  operation: string;
+  /** The recovery point selector given to each machine's operation, if any. */
+  point: string | null;
+  /** JSON PlanGroup[]: the plan as it was when the run started. */
+  groups: string;
+  /** A PlanRunState (lifecycle.ts). */
+  state: string;
+  /** 0-based index of the step being run (equal to the number of steps once all have run). */
+  step_index: number;
+  /** 1 once an operator asked to cancel: the run stops at the next step boundary. */
+  cancel_requested: Generated<number>;
+  error: string | null;
+  created_at: number;
+  updated_at: number;
+  ended_at: number | null;
+}
+
+/** What one step of a plan run started: one row per machine of a group, or one for an action. */
+export interface PlanRunItemTable {
+  run_id: string;
+  step_index: number;
+  /** The machine's position in its group; 0 for an action. */
+  position: number;
+  /** The machine, for a group's step; null for an action. */
+  machine: string | null;
+  /** The child job; null while starting, or when the operation refused to start. */
+  job_id: string | null;
+  /** A PlanItemState (lifecycle.ts). */
+  state: string;
+  error_code: string | null;
+  error_message: string | null;
+  started_at: number;
+  ended_at: number | null;
+}
+
 export interface EventTable {
   id: Generated<number>;
   at: number;
@@ -169,6 +224,9 @@ export interface Database {
   jobs: JobTable;
   test_failovers: TestFailoverTable;
   failovers: FailoverTable;
+  plans: PlanTable;
+  plan_runs: PlanRunTable;
+  plan_run_items: PlanRunItemTable;
   events: EventTable;
 }
 
@@ -179,5 +237,8 @@ export type SiteRow = Selectable<SiteTable>;
 export type PolicyRow = Selectable<PolicyTable>;
 export type DiskRow = Selectable<DiskTable>;
 export type FailoverRow = Selectable<FailoverTable>;
+export type PlanRow = Selectable<PlanTable>;
+export type PlanRunRow = Selectable<PlanRunTable>;
+export type PlanRunItemRow = Selectable<PlanRunItemTable>;
 export type NewJob = Insertable<JobTable>;
 export type MachineUpdate = Updateable<MachineTable>;

@@ -4,7 +4,7 @@
  *
  * @example
  *   const core = await FerryCore.create({ dataDir: '/var/lib/ferry' });
- *   core.start();            // scheduler and server job runner
+ *   core.start();            // scheduler, server job runner and recovery plan runs
  *   await core.sites.list();
  *   await core.stop();
  */
@@ -22,9 +22,11 @@ import { compileCoreOptions, type CoreContext, type CoreOptions } from './contex
 import { Events } from './events.js';
 import { JobRunner } from './job-runner.js';
 import { Jobs } from './jobs.js';
+import { MachineOperations } from './machine-operations.js';
 import { Machines } from './machines.js';
 import { Points } from './points.js';
 import { Policies } from './policies.js';
+import { RecoveryPlans } from './recovery-plans.js';
 import { Replication } from './replication.js';
 import { Scheduler } from './scheduler.js';
 import { Sites } from './sites.js';
@@ -55,6 +57,13 @@ export class FerryCore {
   readonly points: Points;
   readonly replication: Replication;
   readonly testFailovers: TestFailovers;
+  /**
+   * What a recovery plan may do to a machine: each module registers the operations it implements here
+   * when the core is built (test failover and cleanup below).
+   */
+  readonly machineOperations: MachineOperations;
+  /** Recovery plans and their runs. */
+  readonly plans: RecoveryPlans;
   /** Planned and unplanned failover, change of point, commit. */
   readonly failovers: Failovers;
   readonly events: Events;
@@ -81,14 +90,30 @@ export class FerryCore {
     this.points = new Points(context, this.jobs, this.machines, this.events);
     this.replication = new Replication(context, this.jobs, this.machines, this.points, this.sites, this.policies, this.events);
     this.testFailovers = new TestFailovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver());
-    this.failovers = new Failovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver());
+    // Completing a migration reclaims the space of its points at once: a collection without grace (jobs in
+    // progress are still protected, see store-maintenance.ts).
+    this.failovers = new Failovers(context, this.jobs, this.machines, this.points, this.events, new FilesDriver(), async () => {
+      const collected = await this.storeMaintenance.collectGarbage({ graceSeconds: 0 });
+      return { bytes: collected.deleted.bytes, keptRecent: collected.keptRecent.chunks + collected.keptRecent.indexes };
+    });
+    this.machineOperations = new MachineOperations();
+    this.machineOperations.register('test-failover', async (machine, options) => (await this.testFailovers.start(machine, options.point ?? 'latest')).job);
+    this.machineOperations.register('cleanup', (machine) => this.testFailovers.cleanupForPlan(machine));
+    // The job an unplanned failover returns writes the disks: it ends when the machine is failed over.
+    // A planned failover's first job is only its final point, so it is not offered to plans until it has
+    // one job that ends with the failover.
+    this.machineOperations.register('unplanned-failover', async (machine, options) => (await this.failovers.request(machine, 'unplanned', options.point ?? 'latest')).job);
+    this.machineOperations.register('commit', async (machine) => (await this.failovers.commit(machine)).job);
+    this.plans = new RecoveryPlans(context, this.jobs, this.events, this.machineOperations);
     this.scheduler = new Scheduler(context, this.points, this.machines, this.events);
     this.storeGuard = new StoreGuard(context.store);
     this.storeMaintenance = new StoreMaintenance(context, this.storeGuard, this.events);
     this.runner = new JobRunner(context, this.jobs, {
       'test-failover': (job) => this.testFailovers.runCreate(job),
       'test-failover-cleanup': (job) => this.testFailovers.runCleanup(job),
+      'plan-script': (job, signal) => this.plans.runScript(job, signal),
       failover: (job) => this.failovers.runWrite(job),
+      'complete-migration': (job) => this.failovers.runComplete(job),
     });
   }
 
@@ -128,10 +153,11 @@ export class FerryCore {
     return path.join(this.dataDir, 'admin.token');
   }
 
-  /** Starts the scheduler and the server job runner. */
+  /** Starts the scheduler, the server job runner, failover follow-up and the recovery plan engine (which resumes interrupted runs). */
   start(): void {
     this.scheduler.start();
     this.runner.start();
+    this.plans.start(); // resumes the runs a stop or crash interrupted
     this.storeMaintenance.start();
     this.failovers.start();
   }
@@ -145,6 +171,7 @@ export class FerryCore {
   async stop(): Promise<void> {
     this.beginShutdown();
     await this.scheduler.stop();
+    await this.plans.stop();
     await this.runner.stop();
     await this.failovers.stop();
     await this.storeMaintenance.stop();

@@ -6,6 +6,7 @@
  *   planned:   final-point -> writing -> ready -> committed
  *   unplanned:                writing -> ready -> committed
  *   change-point (from ready): writing -> ready   (on failure: back to ready, the old disks untouched)
+ *   migration: final-point -> writing -> ready -> completed   (a planned failover that retires the source)
  *
  * Planned failover loses nothing: the agent runs the machine's shutdown command (its workload stops, so
  * every write it acknowledged is on its disks), then takes a final point (a `final-point` job, run by the
@@ -17,6 +18,10 @@
  * until the new ones are complete. Every step is idempotent and driven by `advance`, which runs on every
  * job change and at start-up: a crash at any moment is resumed, or rolled back to `protected` when the
  * failover never completed.
+ *
+ * Migration is the same planned failover under other machine states (migrating, migrated): completing it
+ * (`ferry migrate complete`) deletes the machine's points, has garbage collection reclaim their space,
+ * and leaves the machine at the target site for an agent there to adopt; there is no failback.
  */
 import { FerryError } from '../errors.js';
 import type { FilesDriver } from '../compute/files-driver.js';
@@ -25,9 +30,25 @@ import type { FailoverDiskView, FailoverView, JobView } from '../protocol/views.
 import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
 import type { Events } from './events.js';
 import { type Jobs, jobView, replicationJobKinds } from './jobs.js';
-import { activeJobStates, type MachineState, machineTransitions, nextState } from './lifecycle.js';
+import { activeJobStates, type MachineEvent, type MachineState, machineTransitions, nextState } from './lifecycle.js';
 import type { Machines } from './machines.js';
 import type { Points } from './points.js';
+
+/** The machine events of one kind of operation: failover, or migration. */
+const flows = {
+  failover: { start: 'failover', inProgress: 'failing-over', done: 'failover-done', failed: 'failover-failed' },
+  migration: { start: 'migrate', inProgress: 'migrating', done: 'migrate-done', failed: 'migrate-failed' },
+} as const satisfies Record<string, { start: MachineEvent; inProgress: MachineState; done: MachineEvent; failed: MachineEvent }>;
+
+function flowOf(kind: string) {
+  return kind === 'migration' ? flows.migration : flows.failover;
+}
+
+/**
+ * Frees the space of deleted points (a garbage collection without grace); returns the bytes freed and how
+ * many unreferenced objects it had to keep because they were written moments ago.
+ */
+export type Reclaim = () => Promise<{ bytes: number; keptRecent: number }>;
 
 /** What a failover request answers at once: the job to follow and the failover as it stands. */
 export interface FailoverStarted {
@@ -48,6 +69,7 @@ export class Failovers {
     private readonly points: Points,
     private readonly events: Events,
     private readonly driver: FilesDriver,
+    private readonly reclaim: Reclaim,
   ) {}
 
   /** Follows job changes (a planned failover's final point ending) and resumes what a crash interrupted. */
@@ -62,32 +84,36 @@ export class Failovers {
   }
 
   /**
-   * `ferry failover MACHINE --planned | --unplanned [--point P] | --change-point --point P`. Refused with
-   * conflict (naming the state and what it allows) when the machine's state does not allow it; planned
-   * failover needs a shutdown command (`ferry machine set M --shutdown CMD`).
+   * `ferry failover MACHINE --planned | --unplanned [--point P] | --change-point --point P`, and
+   * `ferry migrate MACHINE` (mode `migrate`). Refused with conflict (naming the state and what it allows)
+   * when the machine's state does not allow it; planned failover and migration stop the workload first,
+   * so they need a shutdown command (`ferry machine set M --shutdown CMD`).
    */
-  async request(machineName: string, mode: 'planned' | 'unplanned' | 'change-point', pointSelector: string): Promise<FailoverStarted> {
+  async request(machineName: string, mode: 'planned' | 'unplanned' | 'change-point' | 'migrate', pointSelector: string): Promise<FailoverStarted> {
     const machine = await this.machines.get(machineName);
     const subject = `machine '${machineName}'`;
     if (mode === 'change-point') return this.changePoint(machine, pointSelector);
-    nextState(machineTransitions, subject, machine.state as MachineState, 'failover'); // refuse early, with the table's message
-    if (mode === 'planned' && !machine.shutdown_command) {
+    const flow = mode === 'migrate' ? flows.migration : flows.failover;
+    const kind = mode === 'migrate' ? 'migration' : mode;
+    const stopsWorkload = mode !== 'unplanned';
+    nextState(machineTransitions, subject, machine.state as MachineState, flow.start); // refuse early, with the table's message
+    if (stopsWorkload && !machine.shutdown_command) {
       throw new FerryError(
         'invalid-request',
-        `a planned failover of '${machineName}' stops its workload first, and the machine has no shutdown command: set one with \`ferry machine set ${machineName} --shutdown CMD\`, or fail over --unplanned`,
+        `a ${mode === 'migrate' ? 'migration' : 'planned failover'} of '${machineName}' stops its workload first, and the machine has no shutdown command: set one with \`ferry machine set ${machineName} --shutdown CMD\`${mode === 'migrate' ? '' : ', or fail over --unplanned'}`,
       );
     }
     const point = mode === 'unplanned' ? await this.points.resolve(machine, pointSelector) : null;
     const site = await this.context.db.selectFrom('sites').select('path').where('id', '=', machine.site_id!).executeTakeFirstOrThrow();
     const job = await this.context.db.transaction().execute(async (db) => {
       const current = await db.selectFrom('machines').select('state').where('id', '=', machine.id).executeTakeFirstOrThrow();
-      const state = nextState(machineTransitions, subject, current.state as MachineState, 'failover');
+      const state = nextState(machineTransitions, subject, current.state as MachineState, flow.start);
       await db.updateTable('machines').set({ state, updated_at: this.context.now() }).where('id', '=', machine.id).execute();
       // No cycle that started before the failover may commit after it: cancel them (their commit is refused).
       const active = await db.selectFrom('jobs').select('id').where('machine_id', '=', machine.id).where('kind', 'in', replicationJobKinds).where('state', 'in', activeJobStates).execute();
       for (const each of active) await this.jobs.transition(each.id, 'cancel', { error: { code: 'cancelled', message: 'cancelled by a failover', retryable: false } }, db);
       const created =
-        mode === 'planned'
+        stopsWorkload
           ? await this.jobs.create({ kind: 'final-point', machineId: machine.id, agentId: machine.agent_id, params: { chunkSize: this.context.options.chunkSize, consistency: 'app', shutdown: true } }, db)
           : await this.jobs.create({ kind: 'failover', machineId: machine.id, agentId: null, params: { pointId: point!.id } }, db);
       const now = this.context.now();
@@ -95,10 +121,10 @@ export class Failovers {
         .insertInto('failovers')
         .values({
           machine_id: machine.id,
-          kind: mode,
-          state: mode === 'planned' ? 'final-point' : 'writing',
+          kind,
+          state: stopsWorkload ? 'final-point' : 'writing',
           point_id: null,
-          final_job_id: mode === 'planned' ? created.id : null,
+          final_job_id: stopsWorkload ? created.id : null,
           job_id: created.id,
           site_path: site.path,
           disks: '[]',
@@ -114,11 +140,10 @@ export class Failovers {
     await this.events.record({
       machineId: machine.id,
       severity: 'warning',
-      code: 'failover-started',
-      message:
-        mode === 'planned'
-          ? `${machineName}: planned failover started: the agent stops the workload and takes a final point (job ${job.id})`
-          : `${machineName}: unplanned failover to ${point!.id} started (job ${job.id})`,
+      code: mode === 'migrate' ? 'migration-started' : 'failover-started',
+      message: stopsWorkload
+        ? `${machineName}: ${mode === 'migrate' ? 'migration' : 'planned failover'} started: the agent stops the workload and takes a final point (job ${job.id})`
+        : `${machineName}: unplanned failover to ${point!.id} started (job ${job.id})`,
     });
     return { job: jobView(job, machine.name), failover: (await this.view(machine.id))! };
   }
@@ -141,6 +166,62 @@ export class Failovers {
     return { job: jobView(job, machine.name), failover };
   }
 
+  /**
+   * `ferry migrate complete MACHINE`: queues the end of a migration (a `complete-migration` server job,
+   * `runComplete`). Refused unless the machine is `migrated`.
+   */
+  async completeMigration(machineName: string): Promise<JobView> {
+    const machine = await this.machines.get(machineName);
+    nextState(machineTransitions, `machine '${machineName}'`, machine.state as MachineState, 'complete-migration');
+    const job = await this.jobs.create({ kind: 'complete-migration', machineId: machine.id, agentId: null, params: {} });
+    signalWork(this.context);
+    return jobView(job, machine.name);
+  }
+
+  /**
+   * Server job `complete-migration`: the machine's points are deleted and its disks become the migrated
+   * ones at the target site (in one transaction, with the move to `migration-completed`), then a garbage
+   * collection without grace reclaims their space. The machine's agent no longer serves it: an agent at
+   * the target site that registers it adopts it (`unprotected` there, ready to be protected to another
+   * site). Idempotent.
+   */
+  async runComplete(job: JobRow): Promise<Record<string, unknown>> {
+    const machine = await this.machines.getById(job.machine_id!);
+    const deletedPoints = await this.context.db.transaction().execute(async (db) => {
+      const current = await db.selectFrom('machines').select('state').where('id', '=', machine.id).executeTakeFirstOrThrow();
+      if (current.state !== 'migrated') return 0; // a re-run after a crash that had already completed
+      const state = nextState(machineTransitions, `machine '${machine.name}'`, 'migrated', 'complete-migration');
+      const failover = await db.selectFrom('failovers').selectAll().where('machine_id', '=', machine.id).executeTakeFirstOrThrow();
+      for (const disk of parseJsonColumn<FailoverDiskView[]>(failover.disks, [])) {
+        await db.updateTable('disks').set({ path: disk.path, size_bytes: disk.sizeBytes, error: null }).where('machine_id', '=', machine.id).where('position', '=', disk.position).execute();
+      }
+      const points = await db.selectFrom('points').select('id').where('machine_id', '=', machine.id).execute();
+      if (points.length > 0) await db.deleteFrom('point_disks').where('point_id', 'in', points.map((point) => point.id)).execute();
+      await db.deleteFrom('points').where('machine_id', '=', machine.id).execute();
+      const now = this.context.now();
+      await db.updateTable('failovers').set({ state: 'completed', point_id: null, committed_at: now, updated_at: now }).where('machine_id', '=', machine.id).execute();
+      await db.updateTable('machines').set({ state, policy_id: null, last_point_at: null, last_app_point_at: null, replication_error: null, replication_error_code: null, updated_at: now }).where('id', '=', machine.id).execute();
+      return points.length;
+    });
+    let reclaimedBytes: number | null = null;
+    let reclaimNote: string | null = null;
+    try {
+      const reclaimed = await this.reclaim();
+      reclaimedBytes = reclaimed.bytes;
+      // Objects written in the last seconds are kept by every collection (a margin for coarse timestamps).
+      if (reclaimed.keptRecent > 0) reclaimNote = `${reclaimed.keptRecent} object(s) written moments ago are kept for now; the next garbage collection reclaims them`;
+    } catch (error) {
+      reclaimNote = `space not reclaimed yet (${(error as Error).message}); the next garbage collection reclaims it`;
+    }
+    await this.events.record({
+      machineId: machine.id,
+      severity: 'info',
+      code: 'migration-completed',
+      message: `${machine.name}: migration completed: ${deletedPoints} point(s) deleted, ${reclaimedBytes === null ? reclaimNote : `${reclaimedBytes} bytes reclaimed${reclaimNote ? ` (${reclaimNote})` : ''}`}; an agent at the target site can now adopt it`,
+    });
+    return { machine: machine.name, deletedPoints, reclaimedBytes, note: reclaimNote };
+  }
+
   /** The machine's failover as the API shows it, or null when it has none. */
   async view(machineId: string): Promise<FailoverView | null> {
     const row = await this.context.db.selectFrom('failovers').selectAll().where('machine_id', '=', machineId).executeTakeFirst();
@@ -157,6 +238,7 @@ export class Failovers {
     const machine = await this.machines.getById(job.machine_id!);
     const row = await this.context.db.selectFrom('failovers').selectAll().where('machine_id', '=', machine.id).executeTakeFirstOrThrow();
     const { pointId } = JSON.parse(job.params) as { pointId: string };
+    const flow = flowOf(row.kind);
     const previous = parseJsonColumn<FailoverDiskView[]>(row.disks, []);
     const instance = { sitePath: row.site_path, machineName: machine.name, purpose: 'failover' as const, generation: pointId };
     try {
@@ -174,8 +256,8 @@ export class Failovers {
       });
       await this.context.db.transaction().execute(async (db) => {
         const current = await db.selectFrom('machines').select('state').where('id', '=', machine.id).executeTakeFirstOrThrow();
-        if (current.state !== 'failing-over') return; // a re-run after a crash that had already finished
-        const state = nextState(machineTransitions, `machine '${machine.name}'`, 'failing-over', 'failover-done');
+        if (current.state !== flow.inProgress) return; // a re-run after a crash that had already finished
+        const state = nextState(machineTransitions, `machine '${machine.name}'`, flow.inProgress, flow.done);
         await db.updateTable('machines').set({ state, updated_at: this.context.now() }).where('id', '=', machine.id).execute();
         await db.updateTable('failovers').set({ state: 'ready', point_id: pointId, disks: JSON.stringify(planned), error: null, updated_at: this.context.now() }).where('machine_id', '=', machine.id).execute();
       });
@@ -184,8 +266,11 @@ export class Failovers {
       await this.events.record({
         machineId: machine.id,
         severity: 'warning',
-        code: 'failover-ready',
-        message: `${machine.name}: failed over to ${pointId}${replaced ? ` (was ${replaced})` : ''}; disks at ${row.site_path}; \`ferry commit ${machine.name}\` makes it final`,
+        code: row.kind === 'migration' ? 'migration-ready' : 'failover-ready',
+        message:
+          row.kind === 'migration'
+            ? `${machine.name}: migrated to ${pointId}; disks at ${row.site_path}; \`ferry migrate complete ${machine.name}\` removes its replication and points`
+            : `${machine.name}: failed over to ${pointId}${replaced ? ` (was ${replaced})` : ''}; disks at ${row.site_path}; \`ferry commit ${machine.name}\` makes it final`,
       });
       return { machine: machine.name, pointId, disks: planned };
     } catch (error) {
@@ -262,10 +347,11 @@ export class Failovers {
    */
   private async rollBack(machine: MachineRow, row: FailoverRow, reason: string): Promise<void> {
     const firstFailover = parseJsonColumn<FailoverDiskView[]>(row.disks, []).length === 0;
+    const flow = flowOf(row.kind);
     await this.context.db.transaction().execute(async (db) => {
       const current = await db.selectFrom('machines').select('state').where('id', '=', machine.id).executeTakeFirstOrThrow();
-      if (current.state !== 'failing-over') return;
-      const state = nextState(machineTransitions, `machine '${machine.name}'`, 'failing-over', firstFailover ? 'failover-failed' : 'change-point-failed');
+      if (current.state !== flow.inProgress) return;
+      const state = nextState(machineTransitions, `machine '${machine.name}'`, flow.inProgress, firstFailover ? flow.failed : 'change-point-failed');
       await db.updateTable('machines').set({ state, updated_at: this.context.now() }).where('id', '=', machine.id).execute();
       if (firstFailover) await db.deleteFrom('failovers').where('machine_id', '=', machine.id).execute();
       else await db.updateTable('failovers').set({ state: 'ready', error: reason, updated_at: this.context.now() }).where('machine_id', '=', machine.id).execute();
@@ -274,7 +360,7 @@ export class Failovers {
       machineId: machine.id,
       severity: 'error',
       code: 'failover-failed',
-      message: `${machine.name}: ${row.kind} failover ${firstFailover ? 'failed, the machine is protected again' : 'change of point failed, the failed-over disks are unchanged'}: ${reason}`,
+      message: `${machine.name}: ${row.kind === 'migration' ? 'migration' : `${row.kind} failover`} ${firstFailover ? 'failed, the machine is protected again' : 'change of point failed, the failed-over disks are unchanged'}: ${reason}`,
     });
   }
 }

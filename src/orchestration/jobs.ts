@@ -1,11 +1,13 @@
 /**
- * Jobs: every long-running operation (initial replication, a point, a test failover, its cleanup) is a
- * job with state, progress, result and error. Agent jobs are handed to the machine's agent; server
- * jobs are run by the server's job runner. State changes go through the lifecycle table.
+ * Jobs: every long-running operation (initial replication, a point, a test failover, its cleanup, a
+ * recovery plan run) is a job with state, progress, result and error. Agent jobs are handed to the
+ * machine's agent; server jobs are run by the server's job runner; coordinated jobs (a plan run and its
+ * manual steps) are driven by their own module. A job may name the job that started it (`parentId`).
+ * State changes go through the lifecycle table.
  */
 import { FerryError, notFound } from '../errors.js';
 import type { JobRow } from '../db/schema.js';
-import type { JobView } from '../protocol/views.js';
+import type { JobStepView, JobView } from '../protocol/views.js';
 import { newId } from '../util/ids.js';
 import { isoOrNull } from '../util/time.js';
 import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
@@ -13,7 +15,19 @@ import type { Events } from './events.js';
 import { activeJobStates, type JobEvent, type JobState, jobTransitions, nextState } from './lifecycle.js';
 
 /** Kinds of job, and who runs each. */
-export type JobKind = 'initial-replication' | 'point' | 'final-point' | 'test-failover' | 'test-failover-cleanup' | 'failover' | 'commit';
+export type JobKind = 'initial-replication' | 'point' | 'final-point' | 'test-failover' | 'test-failover-cleanup' | 'failover' | 'commit' | 'complete-migration' | PlanJobKind;
+
+/**
+ * Jobs of recovery plans (recovery-plans.ts): `plan` is a whole run, `plan-script` a script action (a
+ * server job the runner executes), `plan-manual` a manual step (running until `ferry plan resume`).
+ */
+export type PlanJobKind = 'plan' | 'plan-script' | 'plan-manual';
+
+/**
+ * Jobs no executor claims: their own module starts and ends them (a plan run, and its manual steps,
+ * which only wait). The server's job runner leaves them alone.
+ */
+export const coordinatedJobKinds: readonly JobKind[] = ['plan', 'plan-manual'];
 
 /**
  * Replication jobs: the kinds an agent runs (reading the source disks); the rest run on the server.
@@ -43,11 +57,17 @@ export function jobView(row: JobRow, machineName: string | null): JobView {
     startedAt: isoOrNull(row.started_at),
     endedAt: isoOrNull(row.ended_at),
     resyncReason: row.resync_reason,
+    parentId: row.parent_id,
   };
 }
 
+/** Describes the steps of a job that runs others (see `Jobs.describeSteps`); null when it has none. */
+export type JobStepDescriber = (job: JobRow) => Promise<JobStepView[] | null>;
+
 /** Creates jobs, changes their state and lists them. */
 export class Jobs {
+  private readonly stepDescribers = new Map<string, JobStepDescriber>();
+
   constructor(
     private readonly context: CoreContext,
     private readonly events: Events,
@@ -63,6 +83,12 @@ export class Jobs {
    */
   async cancel(id: string): Promise<JobView> {
     const row = await this.get(id);
+    if ((coordinatedJobKinds as readonly string[]).includes(row.kind) && row.state === 'running') {
+      const { plan } = parseJsonColumn<{ plan?: string }>(row.params, {});
+      throw new FerryError('conflict', `job ${id} (${row.kind}) belongs to a run of recovery plan '${plan ?? '?'}': cancel the run with \`ferry plan cancel ${plan ?? 'PLAN'}\``, {
+        details: { state: row.state, kind: row.kind },
+      });
+    }
     if (row.state === 'running' && !isAgentJob(row.kind)) {
       throw new FerryError('conflict', `job ${id} (${row.kind}) is running on the server and cannot be stopped halfway; wait for it to end`, {
         details: { state: row.state, kind: row.kind },
@@ -79,9 +105,9 @@ export class Jobs {
     return view;
   }
 
-  /** Queues a job. `db` lets callers create it inside their own transaction. */
+  /** Queues a job, optionally as the child of `parentId`. `db` lets callers create it inside their own transaction. */
   async create(
-    job: { kind: JobKind; machineId: string | null; agentId: string | null; params?: Record<string, unknown> },
+    job: { kind: JobKind; machineId: string | null; agentId: string | null; params?: Record<string, unknown>; parentId?: string | null },
     db = this.context.db,
   ): Promise<JobRow> {
     const now = this.context.now();
@@ -104,6 +130,7 @@ export class Jobs {
       ended_at: null,
       updated_at: now,
       resync_reason: null,
+      parent_id: job.parentId ?? null,
     };
     await db.insertInto('jobs').values(row).execute();
     signalWork(this.context);
@@ -117,9 +144,42 @@ export class Jobs {
     return row;
   }
 
+  /** One job in detail: with the jobs it started (`children`) and, for a job that runs others, its `steps`. */
   async view(id: string): Promise<JobView> {
     const row = await this.get(id);
-    return jobView(row, await this.machineName(row.machine_id));
+    const children = await this.context.db
+      .selectFrom('jobs')
+      .leftJoin('machines', 'machines.id', 'jobs.machine_id')
+      .selectAll('jobs')
+      .select('machines.name as machine_name')
+      .where('jobs.parent_id', '=', id)
+      .orderBy('jobs.created_at')
+      .orderBy('jobs.id')
+      .execute();
+    const steps = (await this.stepDescribers.get(row.kind)?.(row)) ?? null;
+    return {
+      ...jobView(row, await this.machineName(row.machine_id)),
+      ...(steps ? { steps } : {}),
+      children: children.map(({ machine_name, ...child }) => jobView(child, machine_name ?? null)),
+    };
+  }
+
+  /** Lets the module that drives jobs of `kind` describe their steps in `view` (recovery plans do). */
+  describeSteps(kind: JobKind, describer: JobStepDescriber): void {
+    this.stepDescribers.set(kind, describer);
+  }
+
+  /**
+   * Stores a result on a job that has not ended, before it ends: a failing job's output (a plan's script
+   * action) is kept even though the job fails. The job's end may still replace it.
+   */
+  async setResult(id: string, result: Record<string, unknown>): Promise<void> {
+    await this.context.db
+      .updateTable('jobs')
+      .set({ result: JSON.stringify(result), updated_at: this.context.now() })
+      .where('id', '=', id)
+      .where('state', 'in', activeJobStates)
+      .execute();
   }
 
   /** Newest first, optionally one machine's or only unfinished ones. */
@@ -212,12 +272,15 @@ export class Jobs {
       .execute();
   }
 
-  /** Unfinished server jobs, oldest first (the job runner's queue; running ones are resumed after a restart). */
+  /**
+   * Unfinished server jobs, oldest first (the job runner's queue; running ones are resumed after a
+   * restart). Coordinated jobs (plan runs, manual steps) are not in it.
+   */
   async pendingServerJobs(): Promise<JobRow[]> {
     return this.context.db
       .selectFrom('jobs')
       .selectAll()
-      .where('kind', 'not in', replicationJobKinds)
+      .where('kind', 'not in', [...replicationJobKinds, ...coordinatedJobKinds])
       .where('state', 'in', activeJobStates)
       .orderBy('created_at')
       .execute();

@@ -16,11 +16,27 @@ export type TransitionTable<State extends string, Event extends string> = Record
  *                                    failing-over --failover-failed--> protected   (nothing was failed over)
  *   failed-over --change-point--> failing-over --change-point-failed--> failed-over (the old disks stay)
  *
+ *   protected | paused --migrate--> migrating --migrate-done--> migrated --complete-migration--> migration-completed
+ *                                   migrating --migrate-failed--> protected
+ *   migration-completed --adopt--> unprotected   (an agent at the target site registers the machine)
+ *
  * `failover` is planned (the agent stops the workload and takes a final point first) or unplanned (from
  * what the store has); `change-point` rewrites the failed-over disks from another point before commit.
- * Reprotect, failback and migration extend this table as they are built.
+ * `migrate` is a planned failover that retires the source; completing it deletes the machine's points
+ * (their space is reclaimed) and there is no failback. Reprotect and failback extend this table as they
+ * are built.
  */
-export type MachineState = 'unprotected' | 'protecting' | 'protected' | 'paused' | 'failing-over' | 'failed-over' | 'committed';
+export type MachineState =
+  | 'unprotected'
+  | 'protecting'
+  | 'protected'
+  | 'paused'
+  | 'failing-over'
+  | 'failed-over'
+  | 'committed'
+  | 'migrating'
+  | 'migrated'
+  | 'migration-completed';
 export type MachineEvent =
   | 'protect'
   | 'initial-point-committed'
@@ -31,16 +47,24 @@ export type MachineEvent =
   | 'failover-failed'
   | 'change-point'
   | 'change-point-failed'
-  | 'commit';
+  | 'commit'
+  | 'migrate'
+  | 'migrate-done'
+  | 'migrate-failed'
+  | 'complete-migration'
+  | 'adopt';
 
 export const machineTransitions: TransitionTable<MachineState, MachineEvent> = {
   unprotected: { protect: 'protecting' },
   protecting: { 'initial-point-committed': 'protected' },
-  protected: { pause: 'paused', failover: 'failing-over' },
-  paused: { resume: 'protected', failover: 'failing-over' },
+  protected: { pause: 'paused', failover: 'failing-over', migrate: 'migrating' },
+  paused: { resume: 'protected', failover: 'failing-over', migrate: 'migrating' },
   'failing-over': { 'failover-done': 'failed-over', 'failover-failed': 'protected', 'change-point-failed': 'failed-over' },
   'failed-over': { 'change-point': 'failing-over', commit: 'committed' },
   committed: {},
+  migrating: { 'migrate-done': 'migrated', 'migrate-failed': 'protected' },
+  migrated: { 'complete-migration': 'migration-completed' },
+  'migration-completed': { adopt: 'unprotected' },
 };
 
 /** States in which the scheduler takes points of a machine. */
@@ -96,3 +120,47 @@ export function nextState<State extends string, Event extends string>(
 export function allows<State extends string, Event extends string>(table: TransitionTable<State, Event>, state: State, event: Event): boolean {
   return table[state]?.[event] !== undefined;
 }
+
+// --- Recovery plan runs ---------------------------------------------------------------------------
+// (Kept apart from the machine table above: a plan run never changes a machine's state itself; the
+// machine operations it starts do, through the machine table.)
+
+/**
+ * A run of a recovery plan (recovery-plans.ts). It starts `running` and works through its steps in order;
+ * a manual step makes it `waiting` until `ferry plan resume`. It ends `succeeded` after its last step,
+ * `failed` when a machine operation or an action (not marked continue-on-error) fails, or `cancelled`
+ * by `ferry plan cancel` (at once while waiting, else at the next step boundary).
+ *
+ *   running --wait--> waiting --resume--> running
+ *   running --succeed | fail | cancel--> succeeded | failed | cancelled;  waiting --cancel--> cancelled
+ */
+export type PlanRunState = 'running' | 'waiting' | 'succeeded' | 'failed' | 'cancelled';
+export type PlanRunEvent = 'wait' | 'resume' | 'succeed' | 'fail' | 'cancel';
+
+export const planRunTransitions: TransitionTable<PlanRunState, PlanRunEvent> = {
+  running: { wait: 'waiting', succeed: 'succeeded', fail: 'failed', cancel: 'cancelled' },
+  waiting: { resume: 'running', cancel: 'cancelled' },
+  succeeded: {},
+  failed: {},
+  cancelled: {},
+};
+
+/** States in which a plan run has not ended (a plan has at most one such run). */
+export const activePlanRunStates: readonly PlanRunState[] = ['running', 'waiting'];
+
+/**
+ * One item of a plan run's step: a machine's operation, or an action. `starting` is recorded before the
+ * operation is asked to start, so a crash in between is seen (and the start tried again) at restart.
+ *
+ *   starting --started--> running --ended-ok | ended-failed--> succeeded | failed
+ *   starting --refused--> failed   (the operation would not start: its own error is kept)
+ */
+export type PlanItemState = 'starting' | 'running' | 'succeeded' | 'failed';
+export type PlanItemEvent = 'started' | 'refused' | 'ended-ok' | 'ended-failed';
+
+export const planItemTransitions: TransitionTable<PlanItemState, PlanItemEvent> = {
+  starting: { started: 'running', refused: 'failed' },
+  running: { 'ended-ok': 'succeeded', 'ended-failed': 'failed' },
+  succeeded: {},
+  failed: {},
+};

@@ -56,7 +56,12 @@ export class Machines {
       for (const machine of request.machines) {
         let row = await db.selectFrom('machines').selectAll().where('name', '=', machine.name).executeTakeFirst();
         if (row && row.agent_id !== agent.id) {
-          throw new FerryError('conflict', `machine '${machine.name}' is already served by another agent`);
+          // A completed migration left the machine at its target site: the agent there adopts it.
+          if (row.state !== 'migration-completed') throw new FerryError('conflict', `machine '${machine.name}' is already served by another agent`);
+          const state = nextState(machineTransitions, `machine '${machine.name}'`, row.state as MachineState, 'adopt');
+          await db.updateTable('machines').set({ agent_id: agent.id, state, policy_id: null, replication_error: null, replication_error_code: null, updated_at: now }).where('id', '=', row.id).execute();
+          await db.deleteFrom('failovers').where('machine_id', '=', row.id).execute(); // the migration is history now (events keep it)
+          row = { ...row, agent_id: agent.id, state };
         }
         if (!row) {
           row = {

@@ -78,6 +78,23 @@ export class TestFailovers {
     return jobView(job, machine.name);
   }
 
+  /**
+   * Cleanup as a recovery plan runs it on each machine: like `cleanup`, except that a machine with no
+   * test failover is not an error (the plan's test failover may have stopped before reaching it, or it
+   * was cleaned up by hand): its job ends at once with `removed: false`.
+   */
+  async cleanupForPlan(machineName: string): Promise<JobView> {
+    const machine = await this.machines.get(machineName);
+    const existing = await this.context.db.selectFrom('test_failovers').select('state').where('machine_id', '=', machine.id).executeTakeFirst();
+    if (existing) return this.cleanup(machineName);
+    const job = await this.context.db.transaction().execute(async (db) => {
+      const created = await this.jobs.create({ kind: 'test-failover-cleanup', machineId: machine.id, agentId: null, params: {} }, db);
+      await this.jobs.transition(created.id, 'start', { step: 'no test failover to remove' }, db);
+      return this.jobs.transition(created.id, 'succeed', { result: { machine: machine.name, removed: false } }, db);
+    });
+    return jobView(job, machine.name);
+  }
+
   /** Server job: writes the point's disks at the site. Safe to run again after a crash. */
   async runCreate(job: JobRow): Promise<Record<string, unknown>> {
     const machine = await this.machines.getById(job.machine_id!);

@@ -52,8 +52,11 @@ export interface FailoverDiskView {
 
 /** A failover (not a test) of a machine, from the request to commit. */
 export interface FailoverView {
-  kind: 'planned' | 'unplanned';
-  /** final-point (planned: waiting for the agent's shutdown and last point), writing, ready, committed. */
+  kind: 'planned' | 'unplanned' | 'migration';
+  /**
+   * final-point (planned or migration: waiting for the agent's shutdown and last point), writing, ready,
+   * committed (failover) or completed (migration).
+   */
   state: string;
   /** The point failed over to; null while a planned failover waits for its final point. */
   pointId: string | null;
@@ -140,6 +143,26 @@ export interface JobView {
   endedAt: string | null;
   /** A replication job that is (or was) a resync: why the agent could not replicate incrementally; else null. */
   resyncReason: string | null;
+  /** The job that started this one (a recovery plan run's job, for its child jobs); else null. */
+  parentId: string | null;
+  /** Only in `GET /jobs/{id}` of a job that runs others (a recovery plan run): its steps in order. */
+  steps?: JobStepView[];
+  /** Only in `GET /jobs/{id}`: the jobs this one started, oldest first (empty for most jobs). */
+  children?: JobView[];
+}
+
+/** One step of a job that runs others (a recovery plan run's group or action), and how far it got. */
+export interface JobStepView {
+  /** 1-based, in the order the steps run. */
+  number: number;
+  /** What the step does, e.g. "group 2: test-failover of db-01" or "group 1 after, action 1: script `./check.sh` (timeout 60s)". */
+  name: string;
+  /** pending, running, waiting (a manual step), succeeded, failed, failed-continued (continue-on-error), cancelled. */
+  state: string;
+  /** One entry per machine of a group (or one for an action): its child job and how it ended. */
+  items: { machine: string | null; jobId: string | null; state: string; error: string | null }[];
+  /** For a waiting manual step: what the operator is asked to do. */
+  instruction: string | null;
 }
 
 export interface EventView {

@@ -11,6 +11,7 @@ import { adminRoutes } from './routes/admin.js';
 import { agentRoutes } from './routes/agent.js';
 import { jobRoutes } from './routes/jobs.js';
 import { machineRoutes } from './routes/machines.js';
+import { planRoutes } from './routes/plans.js';
 import { storeRoutes } from './routes/store.js';
 
 /** The Fastify app serving `core`. Not yet listening. */
@@ -31,6 +32,7 @@ export function buildApp(core: FerryCore): FastifyInstance {
   adminRoutes(app, core);
   machineRoutes(app, core);
   jobRoutes(app, core);
+  planRoutes(app, core);
   agentRoutes(app, core);
   storeRoutes(app, core);
   return app;

@@ -46,7 +46,7 @@ test('read commands print one JSON document; errors map to exit codes with one l
 
   const usage = await ferry(server, ['failover', 'vm']);
   assert.equal(usage.code, 2);
-  assert.match(usage.stderr, /add --test/);
+  assert.match(usage.stderr, /choose one of --test, --planned, --unplanned or --change-point/);
   const unknownCommand = await ferry(server, ['frobnicate']);
   assert.equal(unknownCommand.code, 2);
   const refused = await ferry(server, ['points', 'create', 'vm', '--json']);

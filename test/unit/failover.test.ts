@@ -143,7 +143,7 @@ describe('failover', () => {
 
   test('refused transitions name the state and what it allows', async (t) => {
     const { core } = await protectedMachine(t);
-    await assert.rejects(core.failovers.commit('vm'), ferryError('conflict', ["machine 'vm' is protected", 'cannot commit', 'allowed there: pause, failover']));
+    await assert.rejects(core.failovers.commit('vm'), ferryError('conflict', ["machine 'vm' is protected", 'cannot commit', 'allowed there: pause, failover, migrate']));
     await assert.rejects(core.failovers.request('vm', 'change-point', 'latest'), ferryError('conflict', ['is protected', 'cannot change-point']));
     const token = await core.tokens.create('agent');
     await core.machines.registerAgent(await core.tokens.authenticate(token.token), { agentName: 'agent-2', machines: [{ name: 'bare', disks: [{ path: '/x', sizeBytes: 4096, error: null }] }] });

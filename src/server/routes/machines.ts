@@ -1,4 +1,4 @@
-/** Routes for machines: status, settings, protection, points, test failover, failover and commit (admin). */
+/** Routes for machines: status, settings, protection, points, test failover, failover, commit and migration (admin). */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
 import { createPointRequest, failoverRequest, listPointsQuery, nameParam, protectRequest, testFailoverRequest, updateMachineRequest } from '../../protocol/requests.js';
@@ -43,4 +43,11 @@ export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
     return reply.status(202).send(await core.failovers.request(machineName(request.params), body.mode, body.point));
   });
   app.post('/api/v1/machines/:name/commit', async (request) => core.failovers.commit(machineName(request.params)));
+
+  app.post('/api/v1/machines/:name/migrate', async (request, reply) =>
+    reply.status(202).send(await core.failovers.request(machineName(request.params), 'migrate', 'latest')),
+  );
+  app.post('/api/v1/machines/:name/migrate/complete', async (request, reply) =>
+    reply.status(202).send({ job: await core.failovers.completeMigration(machineName(request.params)) }),
+  );
 }
