@@ -27,6 +27,7 @@ import { FerryError } from '../errors.js';
 import type { FilesDriver } from '../compute/files-driver.js';
 import type { FailoverRow, JobRow, MachineRow } from '../db/schema.js';
 import type { FailoverDiskView, FailoverView, JobView } from '../protocol/views.js';
+import { CoalescingPass } from '../util/coalescing-pass.js';
 import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
 import type { Events } from './events.js';
 import { type Jobs, jobView, replicationJobKinds } from './jobs.js';
@@ -58,8 +59,7 @@ export interface FailoverStarted {
 
 /** Requests, performs and commits failovers. */
 export class Failovers {
-  private advancing: Promise<void> | null = null;
-  private again = false;
+  private readonly passes = new CoalescingPass(() => this.advanceAll());
   private readonly onWork = () => void this.advance().catch((error: unknown) => this.context.log.error({ err: error }, 'failover advance failed'));
 
   constructor(
@@ -80,7 +80,7 @@ export class Failovers {
 
   async stop(): Promise<void> {
     this.context.signals.off('work', this.onWork);
-    await this.advancing;
+    await this.passes.idle();
   }
 
   /**
@@ -285,20 +285,15 @@ export class Failovers {
    * (succeeded: queue the write of its point; failed or cancelled: roll back). Runs on every job change
    * and at start-up; one pass at a time.
    */
-  async advance(): Promise<void> {
-    if (this.advancing) {
-      this.again = true;
-      return this.advancing;
-    }
-    this.advancing = (async () => {
-      do {
-        this.again = false;
-        const waiting = await this.context.db.selectFrom('failovers').selectAll().where('state', '=', 'final-point').execute();
-        for (const row of waiting) await this.advancePlanned(row);
-      } while (this.again);
-    })().finally(() => (this.advancing = null));
-    return this.advancing;
+  advance(): Promise<void> {
+    return this.passes.run();
   }
+
+  private async advanceAll(): Promise<void> {
+    const waiting = await this.context.db.selectFrom('failovers').selectAll().where('state', '=', 'final-point').execute();
+    for (const row of waiting) await this.advancePlanned(row);
+  }
+
 
   private async advancePlanned(row: FailoverRow): Promise<void> {
     const finalJob = await this.jobs.get(row.final_job_id!);

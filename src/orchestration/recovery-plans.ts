@@ -18,6 +18,7 @@
  * items still starting are started again, running child jobs are followed (server jobs are re-run by the
  * job runner), a waiting run keeps waiting.
  */
+import { CoalescingPass } from '../util/coalescing-pass.js';
 import { asFerryError, FerryError, notFound } from '../errors.js';
 import type { JobRow, PlanRow, PlanRunItemRow, PlanRunRow } from '../db/schema.js';
 import { type CreatePlanRequest, describeAction, type PlanAction, type PlanGroup, type PlanOperationView, type PlanRunView, type PlanView, type RunPlanRequest } from '../protocol/plans.js';
@@ -72,8 +73,7 @@ const endedItemStates: readonly PlanItemState[] = ['succeeded', 'failed'];
 
 /** Plans (create, show, list, delete) and their runs (run, resume, cancel), and the engine that drives runs. */
 export class RecoveryPlans {
-  private advancing: Promise<void> | null = null;
-  private again = false;
+  private readonly passes = new CoalescingPass(() => this.advanceAll(), () => this.stopped);
   private stopped = false;
   private readonly onWork = () => void this.advance().catch((error: unknown) => this.context.log.error({ err: error }, 'recovery plan advance failed'));
 
@@ -97,7 +97,7 @@ export class RecoveryPlans {
   async stop(): Promise<void> {
     this.stopped = true;
     this.context.signals.off('work', this.onWork);
-    await this.advancing;
+    await this.passes.idle();
   }
 
   // --- plans ----------------------------------------------------------------------------------------
@@ -267,33 +267,27 @@ export class RecoveryPlans {
    * Moves every running run as far as it can go now: starts the next step's items, notes ended child
    * jobs, moves to the next step, ends the run. One pass at a time; a call during a pass asks for one more.
    */
-  async advance(): Promise<void> {
-    if (this.advancing) {
-      this.again = true;
-      return this.advancing;
-    }
-    this.advancing = (async () => {
-      do {
-        this.again = false;
-        const runs = await this.context.db.selectFrom('plan_runs').selectAll().where('state', '=', 'running').orderBy('created_at').execute();
-        for (const run of runs) {
-          if (this.stopped) return;
-          try {
-            await this.advanceRun(run);
-          } catch (error) {
-            // A bug or a database fault: end the run visibly rather than leave it stuck.
-            this.context.log.error({ err: error, runId: run.id }, `plan run ${run.id} could not advance`);
-            const failure = asFerryError(error);
-            try {
-              await this.finish(await this.runRow(run.id), 'fail', { code: failure.code, message: `plan '${run.plan_name}' stopped: ${failure.message}` });
-            } catch (again) {
-              this.context.log.error({ err: again, runId: run.id }, 'could not record the failure of a plan run');
-            }
-          }
+  advance(): Promise<void> {
+    return this.passes.run();
+  }
+
+  private async advanceAll(): Promise<void> {
+    const runs = await this.context.db.selectFrom('plan_runs').selectAll().where('state', '=', 'running').orderBy('created_at').execute();
+    for (const run of runs) {
+      if (this.stopped) return;
+      try {
+        await this.advanceRun(run);
+      } catch (error) {
+        // A bug or a database fault: end the run visibly rather than leave it stuck.
+        this.context.log.error({ err: error, runId: run.id }, `plan run ${run.id} could not advance`);
+        const failure = asFerryError(error);
+        try {
+          await this.finish(await this.runRow(run.id), 'fail', { code: failure.code, message: `plan '${run.plan_name}' stopped: ${failure.message}` });
+        } catch (again) {
+          this.context.log.error({ err: again, runId: run.id }, 'could not record the failure of a plan run');
         }
-      } while (this.again && !this.stopped);
-    })().finally(() => (this.advancing = null));
-    return this.advancing;
+      }
+    }
   }
 
   private async advanceRun(initial: PlanRunRow): Promise<void> {
