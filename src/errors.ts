@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'conflict' // the request is well-formed but the resource's state does not allow it
   | 'chunk-hash-mismatch' // uploaded bytes do not hash to the name they were sent under
   | 'chunk-missing' // an index names a chunk the store does not hold
+  | 'delta-base-missing' // a chunk uploaded as changed blocks over a base chunk the store cannot provide: send it whole
   | 'corrupt-data' // stored data failed its integrity check
   | 'disk-unreadable' // a source disk does not exist or cannot be read
   | 'hook-failed' // a pre/post-point hook failed or timed out
@@ -30,6 +31,7 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   conflict: 409,
   'chunk-hash-mismatch': 400,
   'chunk-missing': 409,
+  'delta-base-missing': 409,
   'corrupt-data': 500,
   'disk-unreadable': 422,
   'hook-failed': 422,

@@ -3,19 +3,28 @@
  * send only chunks the server lacks, publish each disk's index, run the post-point hook, commit the
  * point. Reading the next window of a disk overlaps with uploading the previous one.
  *
+ * A chunk that changed since the last point is sent as a delta when at most half of its 4 KiB blocks
+ * changed: only those blocks, over the last point's chunk at the same position (its base), which the
+ * server already holds. Which blocks changed is told by the block fingerprints kept from the last point
+ * (block-fingerprints.ts), not by the old bytes, which the agent does not keep. If the server refuses
+ * a batch of deltas (its base is gone, or a fingerprint collision hid a changed block so the rebuilt
+ * chunk fails its hash), the batch is sent again with whole chunks.
+ *
  * The consistency label is honest (see `labelConsistency`): `app` when the pre-point hook held the
  * machine quiet while its disks were captured, `crash` when a snapshot (snapshots.ts) captured every
  * disk at one instant, `inconsistent` when the disks were read while something may have been writing.
  */
 import { type ApiClient, withRetry } from '../client/api-client.js';
 import { FerryError } from '../errors.js';
-import { encodeChunkBatch, FRAME_OVERHEAD, FrameEncoding, MAX_BATCH_BYTES, type OutgoingFrame } from '../protocol/chunk-batch.js';
+import { encodeChunkBatch, encodeDeltaPayload, FRAME_OVERHEAD, FrameEncoding, MAX_BATCH_BYTES, MAX_BATCH_CHUNK_BYTES, type OutgoingFrame } from '../protocol/chunk-batch.js';
 import type { AgentJob, Consistency, PointView } from '../protocol/views.js';
+import { blockCountOf } from '../store/chunk-delta.js';
 import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
 import { type DiskSource, openRawDisk } from '../disks/disk-source.js';
 import type { Logger } from '../util/logger.js';
 import type { AgentState } from './agent-state.js';
+import { BlockFingerprints } from './block-fingerprints.js';
 import type { CompressionPool } from './compression-pool.js';
 import { type TrackerMark, trackerFor } from './change-tracking.js';
 import { runHook } from './hooks.js';
@@ -107,30 +116,39 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     );
 
     const takenAt = snapshot.takenAt;
-    const indexes: { diskId: string; index: DiskIndex; changedBytes: number; sentBytes: number; mark: TrackerMark | null }[] = [];
+    const indexes: {
+      diskId: string;
+      index: DiskIndex;
+      fingerprints: BlockFingerprints | null;
+      changedBytes: number;
+      sentBytes: number;
+      mark: TrackerMark | null;
+    }[] = [];
     let doneBefore = 0;
     try {
       for (const [position, disk] of job.disks.entries()) {
         const source = sources[position]!;
         const previous = await deps.state.lastIndex(disk.id);
+        const previousFingerprints = previous ? await deps.state.lastFingerprints(disk.id, previous) : null;
         // Asked after the capture, so "nothing changed" covers the instant the snapshot was taken.
         const unchanged =
           previous !== null &&
           previous.chunkSize === job.chunkSize &&
           previous.diskSize === source.size &&
           (await trackers[position]!.changedSince(disk.path, await deps.state.lastMark(disk.id))) === 'nothing';
-        const { index, changedBytes, sentBytes } = unchanged
-          ? { index: previous, changedBytes: 0, sentBytes: 0 }
-          : await readDisk(source, job.chunkSize, previous, {
+        const { index, fingerprints, changedBytes, sentBytes } = unchanged
+          ? { index: previous, fingerprints: previousFingerprints, changedBytes: 0, sentBytes: 0 }
+          : await readDisk(source, job.chunkSize, previous, previousFingerprints, {
               call,
               client: deps.client,
+              log: deps.log,
               rateLimiter: deps.rateLimiter,
               compression: deps.compression,
               signal: deps.signal,
               onProgress: (doneBytes) => progress.report(doneBefore + doneBytes, `reading disk ${disk.position}`),
             });
         if (unchanged) notes.push(`disk ${disk.position} unchanged since the last point (${trackers[position]!.name}): not read`);
-        indexes.push({ diskId: disk.id, index, changedBytes, sentBytes, mark: marks[position] ?? null });
+        indexes.push({ diskId: disk.id, index, fingerprints, changedBytes, sentBytes, mark: marks[position] ?? null });
         doneBefore += source.size;
         progress.report(doneBefore, `read disk ${disk.position}`);
       }
@@ -159,7 +177,7 @@ export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Pr
     const point = await call(() =>
       deps.client.post<PointView>('/agent/points', { jobId: job.id, takenAt, consistency, note: notes.join('; ') || null, disks: committedDisks }),
     );
-    for (const entry of indexes) await deps.state.saveIndex(entry.diskId, entry.index, entry.mark);
+    for (const entry of indexes) await deps.state.saveIndex(entry.diskId, entry.index, entry.mark, entry.fingerprints);
     return point;
   } finally {
     for (const source of sources) await source.close();
@@ -186,24 +204,42 @@ export function labelConsistency(snapshot: Pick<DiskSnapshot, 'method' | 'atOneI
 interface ReadDeps {
   call: <T>(operation: () => Promise<T>) => Promise<T>;
   client: ApiClient;
+  log: Logger;
   rateLimiter?: RateLimiter;
   compression?: CompressionPool;
   signal?: AbortSignal;
   onProgress: (doneBytes: number) => void;
 }
 
+/** A chunk that changed and may have to be sent: its name, its bytes, and how to send it as a delta. */
+interface Candidate {
+  hash: Buffer;
+  data: Buffer;
+  /** Set when the chunk may go as a delta: its base (the last point's chunk here) and the blocks that differ. */
+  delta?: { base: Buffer; blockSize: number; changedBlocks: number[] };
+}
+
 /**
- * Reads one disk into an index, uploading chunks the server does not have. `previous` (the last
- * committed index of this disk) lets unchanged chunks skip the server query.
+ * Reads one disk into an index and its block fingerprints, uploading chunks the server does not have.
+ * `previous` (the last committed index of this disk) lets unchanged chunks skip the server query;
+ * `previousFingerprints` (saved with it) let changed chunks go as deltas over it. Fingerprints are
+ * copied for unchanged chunks and computed for the others (all non-zero chunks when there are none).
  */
 async function readDisk(
   source: DiskSource,
   chunkSize: number,
   previous: DiskIndex | null,
+  previousFingerprints: BlockFingerprints | null,
   deps: ReadDeps,
-): Promise<{ index: DiskIndex; changedBytes: number; sentBytes: number }> {
+): Promise<{ index: DiskIndex; fingerprints: BlockFingerprints | null; changedBytes: number; sentBytes: number }> {
   const index = DiskIndex.empty(source.size, chunkSize);
   const comparable = previous && previous.chunkSize === chunkSize ? previous : null;
+  const fingerprints = BlockFingerprints.empty(source.size, chunkSize);
+  // Deltas need the last point's fingerprints of a disk of the same size, cut the same way.
+  const bases =
+    comparable && fingerprints && previousFingerprints?.fits(index) && comparable.diskSize === source.size && previousFingerprints.blockSize === fingerprints.blockSize
+      ? { index: comparable, fingerprints: previousFingerprints }
+      : null;
   const sentThisCycle = new Set<string>();
   let changedBytes = 0;
   let sentBytes = 0;
@@ -221,7 +257,7 @@ async function readDisk(
     const buffer = windowBuffer.subarray(0, windowLength);
     await source.read(buffer, windowLength, windowOffset);
 
-    const candidates: { hash: Buffer; data: Buffer }[] = [];
+    const candidates: Candidate[] = [];
     for (let position = first; position < last; position++) {
       const start = (position - first) * chunkSize;
       const data = buffer.subarray(start, start + index.lengthAt(position));
@@ -229,13 +265,27 @@ async function readDisk(
       index.setHash(position, hash);
       // Without an earlier point, "changed" means "holds data": zero chunks cost nothing.
       const unchanged = comparable !== null && position < comparable.chunkCount ? comparable.hashAt(position).equals(hash) : hash === ZERO_HASH;
+      if (fingerprints && hash !== ZERO_HASH) {
+        // A zero chunk keeps its zero slots: it is never a base.
+        if (unchanged && bases) fingerprints.copyFrom(bases.fingerprints, position);
+        else fingerprints.compute(position, data);
+      }
       if (unchanged) continue;
       changedBytes += data.length;
       if (hash === ZERO_HASH) continue;
       const hex = hash.toString('hex');
       if (sentThisCycle.has(hex)) continue;
       sentThisCycle.add(hex);
-      candidates.push({ hash, data });
+      const candidate: Candidate = { hash, data };
+      if (bases && fingerprints && !bases.index.isZeroAt(position)) {
+        const changedBlocks = fingerprints.changedBlocks(bases.fingerprints, position, data.length);
+        // No block found changed: a CRC collision hides the change, so the delta would be refused. More
+        // than half changed: a delta saves too little over the whole (compressed) chunk.
+        if (changedBlocks.length > 0 && changedBlocks.length * 2 <= blockCountOf(data.length, fingerprints.blockSize)) {
+          candidate.delta = { base: Buffer.from(bases.index.hashAt(position)), blockSize: fingerprints.blockSize, changedBlocks };
+        }
+      }
+      candidates.push(candidate);
     }
 
     if (candidates.length) {
@@ -254,42 +304,83 @@ async function readDisk(
     deps.onProgress(windowOffset + windowLength);
   }
   for (const upload of uploads) sentBytes += await upload.sent;
-  return { index, changedBytes, sentBytes };
+  return { index, fingerprints, changedBytes, sentBytes };
 }
 
 /**
- * Asks which candidates the server lacks, compresses those (when the agent has a compression pool) and
- * sends them in batches; returns the payload bytes sent (compressed sizes for compressed chunks).
+ * Asks which candidates the server lacks and sends those in batches: as deltas where the candidate
+ * allows it, else whole; compressed when the agent has a compression pool and that is smaller. Returns
+ * the payload bytes sent (compressed sizes for compressed chunks, delta payloads for deltas, and a
+ * refused batch's bytes as well as its resend).
  */
-async function uploadMissing(candidates: { hash: Buffer; data: Buffer }[], deps: ReadDeps): Promise<number> {
+async function uploadMissing(candidates: Candidate[], deps: ReadDeps): Promise<number> {
   const { missing } = await deps.call(() => deps.client.post<{ missing: string[] }>('/chunks/missing', { hashes: candidates.map((c) => c.hash.toString('hex')) }));
   const wanted = new Set(missing);
   const toSend = candidates.filter((candidate) => wanted.has(candidate.hash.toString('hex')));
-  const compressed = deps.compression ? await deps.compression.compress(toSend.map((candidate) => candidate.data)) : [];
-  const frames: OutgoingFrame[] = toSend.map((candidate, position) => {
-    const frame = compressed[position];
-    return frame ? { hash: candidate.hash, payload: frame, encoding: FrameEncoding.Zstd } : { hash: candidate.hash, payload: candidate.data, encoding: FrameEncoding.Raw };
-  });
+  return sendChunks(toSend, await framesFor(toSend, true, deps), deps);
+}
 
-  let batch: OutgoingFrame[] = [];
-  let batchBytes = 0;
+/** One frame per candidate, in order: a delta where `useDeltas` and the candidate allow, else the whole chunk. */
+async function framesFor(candidates: readonly Candidate[], useDeltas: boolean, deps: ReadDeps): Promise<OutgoingFrame[]> {
+  const payloads = candidates.map(({ data, delta }) =>
+    useDeltas && delta ? encodeDeltaPayload(delta.base, delta.blockSize, data, delta.changedBlocks) : data,
+  );
+  const compressed = deps.compression ? await deps.compression.compress(payloads) : [];
+  return candidates.map((candidate, position) => {
+    const isDelta = useDeltas && candidate.delta !== undefined;
+    const frame = compressed[position];
+    if (frame) return { hash: candidate.hash, payload: frame, encoding: isDelta ? FrameEncoding.DeltaZstd : FrameEncoding.Zstd };
+    return { hash: candidate.hash, payload: payloads[position]!, encoding: isDelta ? FrameEncoding.Delta : FrameEncoding.Raw };
+  });
+}
+
+/**
+ * Sends `frames` (one per candidate, in order) in batches of at most MAX_BATCH_BYTES of body and
+ * MAX_BATCH_CHUNK_BYTES of chunks. A batch holding deltas that the server refuses because a base is
+ * gone (delta-base-missing) or a rebuilt chunk does not hash to its name (chunk-hash-mismatch) is sent
+ * again with whole chunks, never failing the cycle for it. Returns the payload bytes sent.
+ */
+async function sendChunks(candidates: readonly Candidate[], frames: readonly OutgoingFrame[], deps: ReadDeps): Promise<number> {
   let sentBytes = 0;
+  let batch: number[] = []; // positions in `candidates` and `frames`
+  let batchBytes = 0;
+  let batchChunkBytes = 0;
   const send = async () => {
-    if (batch.length === 0) return;
-    const body = encodeChunkBatch(batch);
-    await deps.rateLimiter?.take(batchBytes, deps.signal);
-    await deps.call(() => deps.client.postBinary('/chunks', body));
-    sentBytes += batch.reduce((total, frame) => total + frame.payload.length, 0);
+    const positions = batch;
+    const bytes = batchBytes;
     batch = [];
     batchBytes = 0;
+    batchChunkBytes = 0;
+    if (positions.length === 0) return;
+    const body = encodeChunkBatch(positions.map((position) => frames[position]!));
+    const payloadBytes = positions.reduce((total, position) => total + frames[position]!.payload.length, 0);
+    await deps.rateLimiter?.take(bytes, deps.signal);
+    try {
+      await deps.call(() => deps.client.postBinary('/chunks', body));
+    } catch (error) {
+      const hadDeltas = positions.some((position) => isDeltaEncoding(frames[position]!.encoding));
+      if (!hadDeltas || !(error instanceof FerryError) || (error.code !== 'delta-base-missing' && error.code !== 'chunk-hash-mismatch')) throw error;
+      sentBytes += payloadBytes; // refused, but it crossed the network
+      deps.log.warn(`the server refused ${positions.length} chunk(s) sent as changed blocks (${error.message}); sending them whole`);
+      const whole = positions.map((position) => candidates[position]!);
+      sentBytes += await sendChunks(whole, await framesFor(whole, false, deps), deps);
+      return;
+    }
+    sentBytes += payloadBytes;
   };
-  for (const frame of frames) {
-    if (batchBytes + frame.payload.length + FRAME_OVERHEAD > MAX_BATCH_BYTES - 64) await send();
-    batch.push(frame);
+  for (const [position, frame] of frames.entries()) {
+    const chunkLength = candidates[position]!.data.length;
+    if (batchBytes + frame.payload.length + FRAME_OVERHEAD > MAX_BATCH_BYTES - 64 || batchChunkBytes + chunkLength > MAX_BATCH_CHUNK_BYTES) await send();
+    batch.push(position);
     batchBytes += frame.payload.length + FRAME_OVERHEAD;
+    batchChunkBytes += chunkLength;
   }
   await send();
   return sentBytes;
+}
+
+function isDeltaEncoding(encoding: OutgoingFrame['encoding']): boolean {
+  return encoding === FrameEncoding.Delta || encoding === FrameEncoding.DeltaZstd;
 }
 
 /** Sends progress at most every 500 ms; reports never block reading for long. */

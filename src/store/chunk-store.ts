@@ -12,14 +12,18 @@
  * readable and are catalogued the same way.
  *
  * Every chunk is hashed when it is written (it must match its name, and its encoding must decode back to
- * it) and when it is read back. How objects are encoded (zstd, AES-256-GCM) and how a chunk's name maps to
- * its object name (plain, or keyed with a secret in an encrypted store) comes from the store's config
- * (store-config.ts) and stays inside this class: outside it, a chunk is always named by its plain SHA-256.
+ * it) and when it is read back. A chunk uploaded as a delta (the blocks that changed from a base chunk,
+ * chunk-delta.ts) is rebuilt from its stored base first, then checked and stored like any other: the
+ * store always holds whole chunks. How objects are encoded (zstd, AES-256-GCM) and how a chunk's name
+ * maps to its object name (plain, or keyed with a secret in an encrypted store) comes from the store's
+ * config (store-config.ts) and stays inside this class: outside it, a chunk is always named by its
+ * plain SHA-256.
  */
 import { createHash, createHmac } from 'node:crypto';
 import { FerryError } from '../errors.js';
 import type { StoreBackend } from './backend.js';
 import { type CatalogEntry, ChunkCatalog, type ChunkContainer } from './chunk-catalog.js';
+import { applyDelta, type ChunkDelta } from './chunk-delta.js';
 import { hashChunk, isAllZero, isHashHex } from './chunking.js';
 import { decodeChunkObject, encodeChunkObject } from './chunk-object.js';
 import { DiskIndex } from './disk-index.js';
@@ -45,7 +49,18 @@ export interface ChunkToStore {
   data: Uint8Array;
   /** A zstd frame known to inflate exactly to `data` (an agent's upload, checked on decoding): stored as is. */
   zstdFrame?: Uint8Array;
+  /** Set when `data` was rebuilt from a delta over this base chunk (named in a hash mismatch). */
+  rebuiltFrom?: string;
 }
+
+/** One chunk uploaded as the blocks that changed from a base chunk the store holds (chunk-delta.ts). */
+export interface DeltaChunkToStore {
+  hashHex: string;
+  delta: ChunkDelta;
+}
+
+/** A chunk as an upload brings it: whole, or as a delta the store resolves against its base. */
+export type ChunkUpload = ChunkToStore | DeltaChunkToStore;
 
 /**
  * Decides which of a batch's chunks the store already holds, keeping those alive for garbage collection
@@ -57,6 +72,11 @@ export type PresenceGate = (hashHexes: readonly string[]) => Promise<boolean[]>;
 export interface DamagedContainer {
   key: string;
   message: string;
+}
+
+/** True for an upload that is a delta (a frame decoded from a batch may carry `delta: undefined`). */
+function isDelta(upload: ChunkUpload): upload is DeltaChunkToStore {
+  return (upload as Partial<DeltaChunkToStore>).delta !== undefined;
 }
 
 /** Store key of a chunk in a store with plain names: chunks/<first two hex>/<hex>. */
@@ -138,12 +158,15 @@ export class ChunkStore {
   }
 
   /**
-   * Stores a batch of chunks: first every chunk is checked (see `checkChunks`), so a batch with one bad
-   * chunk stores nothing; then `gate` says which the store already holds; the rest are encoded and
-   * written as one pack (several for a batch beyond 64 MiB), durably, before this resolves.
-   * Returns how many were received and how many newly stored.
+   * Stores a batch of chunks: first every delta is rebuilt from its base (`resolveDeltas`:
+   * delta-base-missing when a base cannot be read) and every chunk is checked (see `checkChunks`), so a
+   * batch with one bad chunk stores nothing; then `gate` says which the store already holds; the rest are encoded and
+   * written as one pack (several for a batch beyond 64 MiB), durably, before this resolves. A rebuilt
+   * chunk is compressed here, under the store's codec. Returns how many were received and how many
+   * newly stored.
    */
-  async putChunks(chunks: readonly ChunkToStore[], gate: PresenceGate = (hashes) => this.touchChunks(hashes)): Promise<{ received: number; stored: number }> {
+  async putChunks(uploads: readonly ChunkUpload[], gate: PresenceGate = (hashes) => this.touchChunks(hashes)): Promise<{ received: number; stored: number }> {
+    const chunks = await this.resolveDeltas(uploads);
     this.checkChunks(chunks);
     const catalog = await this.catalog();
     const present = await gate(chunks.map((chunk) => chunk.hashHex));
@@ -174,16 +197,52 @@ export class ChunkStore {
   }
 
   /**
+   * The uploads as whole chunks, in input order: a whole chunk as it is, a delta rebuilt from its base
+   * (read and checked like `getChunk`, several at once; every base is read before anything is stored).
+   * Does not check the results against their names (`checkChunks` does). Throws delta-base-missing, not retryable,
+   * naming the chunk and its base, when a base is not in the store, does not read back sound, or is not
+   * the delta's length: the agent then sends that chunk whole.
+   */
+  async resolveDeltas(uploads: readonly ChunkUpload[]): Promise<ChunkToStore[]> {
+    const deltas = uploads.filter(isDelta);
+    if (deltas.length === 0) return uploads as ChunkToStore[];
+    const baseNames = [...new Set(deltas.map((upload) => upload.delta.baseHashHex))];
+    const bases = new Map<string, Buffer>();
+    try {
+      // Bases lie scattered over the packs of earlier points, one small read each: read them in
+      // parallel (getChunks reads one run after another, made for restoring a disk in order).
+      const read = await mapLimited(baseNames, IO_CONCURRENCY, (name) => this.getChunk(name));
+      baseNames.forEach((name, position) => bases.set(name, read[position]!));
+    } catch (error) {
+      if (!(error instanceof FerryError) || (error.code !== 'not-found' && error.code !== 'corrupt-data')) throw error;
+      const base = typeof error.details?.hash === 'string' ? error.details.hash : null;
+      const upload = deltas.find((each) => each.delta.baseHashHex === base) ?? deltas[0]!;
+      throw new FerryError(
+        'delta-base-missing',
+        `chunk ${upload.hashHex} was sent as changes to chunk ${upload.delta.baseHashHex}, which the store cannot provide (${error.message}); batch rejected, nothing stored (send the chunk whole)`,
+        { details: { hash: upload.hashHex, base: upload.delta.baseHashHex }, cause: error },
+      );
+    }
+    return uploads.map((upload) => {
+      if (!isDelta(upload)) return upload;
+      const data = applyDelta(upload.hashHex, bases.get(upload.delta.baseHashHex)!, upload.delta);
+      return { hashHex: upload.hashHex, data, rebuiltFrom: upload.delta.baseHashHex };
+    });
+  }
+
+  /**
    * Throws unless every chunk may be stored: chunk-hash-mismatch when its bytes do not hash to its
-   * name, invalid-request for a name that is not SHA-256 hex or for an all-zero chunk.
+   * name (saying so when it was rebuilt from a delta), invalid-request for a name that is not SHA-256
+   * hex or for an all-zero chunk.
    */
   checkChunks(chunks: readonly ChunkToStore[]): void {
     for (const chunk of chunks) {
       if (!isHashHex(chunk.hashHex)) throw new FerryError('invalid-request', `'${chunk.hashHex}' is not a SHA-256 hex name`);
       const actual = hashChunk(chunk.data).toString('hex');
       if (actual !== chunk.hashHex) {
-        throw new FerryError('chunk-hash-mismatch', `chunk sent as ${chunk.hashHex} hashes to ${actual}; rejected, nothing stored`, {
-          details: { expected: chunk.hashHex, actual },
+        const rebuilt = chunk.rebuiltFrom ? ` once rebuilt from its changes to chunk ${chunk.rebuiltFrom}` : '';
+        throw new FerryError('chunk-hash-mismatch', `chunk sent as ${chunk.hashHex} hashes to ${actual}${rebuilt}; rejected, nothing stored`, {
+          details: { expected: chunk.hashHex, actual, ...(chunk.rebuiltFrom ? { base: chunk.rebuiltFrom } : {}) },
         });
       }
       if (isAllZero(chunk.data)) throw new FerryError('invalid-request', `chunk ${chunk.hashHex} is all zeros; zero chunks are never stored, index them as zero`);

@@ -17,7 +17,7 @@
  * embedded default). Several server nodes will need a shared lock or a two-phase delete.
  */
 import { FerryError } from '../errors.js';
-import type { ChunkStore, ChunkToStore } from './chunk-store.js';
+import type { ChunkStore, ChunkUpload } from './chunk-store.js';
 import { isHashHex } from './chunking.js';
 import type { DiskIndex } from './disk-index.js';
 
@@ -62,12 +62,14 @@ export class StoreGuard {
   }
 
   /**
-   * Stores a batch of uploaded chunks (`ChunkStore.putChunks`): every chunk is checked first (bytes hash
+   * Stores a batch of uploaded chunks (`ChunkStore.putChunks`): deltas are rebuilt from their bases
+   * (delta-base-missing when the store cannot provide one) and every chunk is checked first (bytes hash
    * to their name, not all zeros), so a batch with one bad chunk stores nothing; chunks the store already
    * holds are touched under the lock, so they outlive the job that sent them; the rest are written as
-   * one pack, durably, before this resolves.
+   * one pack, durably, before this resolves. A base is read outside the lock: if a collection deletes it
+   * meanwhile, the batch is refused with delta-base-missing and the agent sends the chunk whole.
    */
-  async putChunkBatch(chunks: readonly ChunkToStore[]): Promise<{ received: number; stored: number }> {
+  async putChunkBatch(chunks: readonly ChunkUpload[]): Promise<{ received: number; stored: number }> {
     return this.store.putChunks(chunks, (hashes) => this.touch(hashes));
   }
 

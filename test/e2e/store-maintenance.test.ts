@@ -35,12 +35,12 @@ async function randomDisk(file: string, bytes: number): Promise<void> {
   await handle.close();
 }
 
-/** Overwrites `count` random 4 KiB blocks from `start` on. */
-async function scribble(file: string, count: number, start: number): Promise<void> {
+/** Overwrites `count` random blocks of `blockBytes` (aligned to their size) from `start` on. */
+async function scribble(file: string, count: number, start: number, blockBytes: number): Promise<void> {
   const handle = await fs.open(file, 'r+');
   for (let n = 0; n < count; n++) {
-    const block = Math.floor(start / 4096 + Math.random() * ((DISK_BYTES - start) / 4096));
-    await handle.write(randomBytes(4096), 0, 4096, block * 4096);
+    const block = Math.floor(start / blockBytes + Math.random() * ((DISK_BYTES - start) / blockBytes));
+    await handle.write(randomBytes(blockBytes), 0, blockBytes, block * blockBytes);
   }
   await handle.close();
 }
@@ -94,7 +94,10 @@ test('gc during replication keeps every point intact; stats show dedupe; verify 
   const handle = await fs.open(disk, 'r+');
   await handle.write(early, 0, early.length, 0);
   await handle.close();
-  await scribble(disk, 4000, EARLY_BYTES);
+  // Whole chunks rewritten (sent whole: what keeps the throttled cycle long) and scattered 4 KiB blocks
+  // (sent as deltas, so collections also run while the server reads their bases from point 1's chunks).
+  await scribble(disk, 2000, EARLY_BYTES, CHUNK);
+  await scribble(disk, 1000, EARLY_BYTES, 4096);
   const snapshot2 = path.join(root, 'vm-point2.raw');
   await fs.copyFile(disk, snapshot2);
   await sleep(6000); // past the collector's timestamp slack (5 s), so the planted chunks count as old

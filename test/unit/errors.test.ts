@@ -12,6 +12,7 @@ describe('errors', () => {
       ['conflict', 409],
       ['chunk-hash-mismatch', 400],
       ['chunk-missing', 409],
+      ['delta-base-missing', 409],
       ['corrupt-data', 500],
       ['disk-unreadable', 422],
       ['hook-failed', 422],
@@ -44,6 +45,7 @@ describe('errors', () => {
     assert.equal(new FerryError('disk-unreadable', 'x').retryable, true);
     assert.equal(new FerryError('invalid-request', 'x').retryable, false);
     assert.equal(new FerryError('conflict', 'x').retryable, false);
+    assert.equal(new FerryError('delta-base-missing', 'x').retryable, false, 'the same delta would be refused again: the agent sends the chunk whole instead');
     assert.equal(new FerryError('io-error', 'x', { retryable: false }).retryable, false);
     assert.equal(new FerryError('conflict', 'x', { retryable: true }).retryable, true);
   });
