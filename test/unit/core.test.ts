@@ -308,19 +308,19 @@ describe('FerryCore protection and points', () => {
   });
 });
 
+/** Commits the running job of web-01 as an agent would, with all-zero disks (their indexes name no chunk). */
+async function commitJob(core: FerryCore, agentId: string, jobId: string) {
+  const disks = await core.machines.disksOf((await core.machines.get('web-01')).id);
+  const committed = [];
+  for (const disk of disks) {
+    const indexHash = await core.context.store.putIndex(DiskIndex.empty(disk.size_bytes!, 65536));
+    committed.push({ diskId: disk.id, indexHash, changedBytes: 0, sentBytes: 0 });
+  }
+  return core.points.commit(agentId, { jobId, takenAt: Date.now(), consistency: 'inconsistent', note: null, disks: committed });
+}
+
 describe('FerryCore resync', () => {
   const resync = { resync: { reason: 'disk 0: the agent has no record of the last point' } };
-
-  /** Commits the running job of web-01 as an agent would, with all-zero disks (their indexes name no chunk). */
-  async function commitJob(core: FerryCore, agentId: string, jobId: string) {
-    const disks = await core.machines.disksOf((await core.machines.get('web-01')).id);
-    const committed = [];
-    for (const disk of disks) {
-      const indexHash = await core.context.store.putIndex(DiskIndex.empty(disk.size_bytes!, 65536));
-      committed.push({ diskId: disk.id, indexHash, changedBytes: 0, sentBytes: 0 });
-    }
-    return core.points.commit(agentId, { jobId, takenAt: Date.now(), consistency: 'inconsistent', note: null, disks: committed });
-  }
 
   test('a resync reported for an initial replication is ignored: nothing to resync without a point', async (t) => {
     const { core, agentId } = await registeredCore(t);
@@ -381,26 +381,18 @@ describe('FerryCore resync', () => {
 });
 
 describe('FerryCore job cancel', () => {
-  /** Commits a job of web-01 with all-zero disks, as an agent would. */
-  async function commit(core: FerryCore, agentId: string, jobId: string) {
-    const disks = await core.machines.disksOf((await core.machines.get('web-01')).id);
-    const committed = [];
-    for (const disk of disks) committed.push({ diskId: disk.id, indexHash: await core.context.store.putIndex(DiskIndex.empty(disk.size_bytes!, 65536)), changedBytes: 0, sentBytes: 0 });
-    return core.points.commit(agentId, { jobId, takenAt: Date.now(), consistency: 'inconsistent', note: null, disks: committed });
-  }
-
   test('a running replication job cancelled makes no point: the agent commit is refused, its failure report ignored', async (t) => {
     const { core, agentId } = await registeredCore(t);
     const { job: initial } = await core.replication.protect('web-01', { site: 'dr', policy: 'default' });
     await core.replication.start(agentId, initial.id);
-    await commit(core, agentId, initial.id);
+    await commitJob(core, agentId, initial.id);
     const job = await core.points.request('web-01');
     await core.replication.start(agentId, job.id);
 
     const cancelled = await core.jobs.cancel(job.id);
     assert.equal(cancelled.state, 'cancelled');
     assert.equal(cancelled.error?.code, 'cancelled');
-    await assert.rejects(commit(core, agentId, job.id), ferryError('conflict', ['cancelled']));
+    await assert.rejects(commitJob(core, agentId, job.id), ferryError('conflict', ['cancelled']));
     assert.equal((await core.replication.fail(agentId, job.id, { code: 'conflict', message: 'commit refused', retryable: false })).state, 'cancelled');
     assert.equal((await core.points.list('web-01', 10)).length, 1, 'still only the initial point');
     const event = (await core.events.list({ limit: 5 })).find((each) => each.code === 'job-cancelled');
