@@ -3,6 +3,7 @@
  * verification and garbage collection. Shared by the server (which validates with the schemas) and
  * the CLI (which prints the views).
  */
+import type { GarbageCollectionResult } from '../store/garbage-collector.js';
 import type { StoreStats } from '../store/stats.js';
 import { z } from 'zod';
 
@@ -50,8 +51,8 @@ export interface StoreVerifyView {
   affectedPoints: PointRefView[];
 }
 
-/** `POST /store/gc`: what one garbage collection did. */
-export interface StoreGcView {
+/** `POST /store/gc`: what one garbage collection did (the counts are `GarbageCollectionResult`'s). */
+export interface StoreGcView extends GarbageCollectionResult {
   startedAt: string;
   endedAt: string;
   graceSeconds: number;
@@ -59,18 +60,6 @@ export interface StoreGcView {
   cutoff: string;
   /** The oldest active replication job, when it (not the grace period) set the cutoff. */
   heldBackByJob: string | null;
-  /** Distinct indexes named by points, and distinct chunks they name: all kept. */
-  marked: { indexes: number; chunks: number };
-  scanned: { indexes: number; chunks: number };
-  deleted: { indexes: number; chunks: number; bytes: number };
-  /** Unreferenced objects kept because they are newer than the cutoff. */
-  keptRecent: { indexes: number; chunks: number };
-  /** Packs deleted whole, and packs rewritten without their dead chunks. */
-  packs: { deleted: number; repacked: number };
-  /** Dead chunks left in packs that are still mostly live (reclaimed once more of the pack dies). */
-  unreclaimed: { chunks: number; bytes: number };
-  /** The server began to stop before the sweep had looked at every object. */
-  interrupted: boolean;
 }
 
 /** `GET /store/stats`: the store's numbers (definitions in docs/architecture.md, "Store statistics") and where it is. */
