@@ -322,7 +322,7 @@ async function main(): Promise<void> {
             { name: 'ferry store vs borg repository', measured: ratio(sizes.ferry.bytes / sizes.borg.bytes), goal: '<= 1.00x', pass: sizes.ferry.bytes <= sizes.borg.bytes },
           ],
           notes: [
-            `restic repository format v${await restic.repositoryVersion()} (v2 compresses with zstd), borg with its default lz4 compression, ferry with its server defaults; allocated = file system blocks used (ferry keeps one file per chunk).`,
+            `restic repository format v${await restic.repositoryVersion()} (v2 compresses with zstd), borg with its default lz4 compression, ferry with its server defaults; allocated = file system blocks used (ferry keeps its chunks in pack files, one per upload batch).`,
             `logical data protected: ${cycles.length + 1} versions x ${formatBytes(sizeBytes)} = ${formatBytes((cycles.length + 1) * sizeBytes)}.`,
           ],
         });

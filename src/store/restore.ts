@@ -9,7 +9,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { fsyncDirectory } from '../util/durable-fs.js';
+import { fsyncDirectory, writeAllAt } from '../util/durable-fs.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { DiskIndex } from './disk-index.js';
 
@@ -64,20 +64,5 @@ async function restoreWindow(store: ChunkStore, index: DiskIndex, handle: fs.Fil
     while (end < positions.length && positions[end] === positions[end - 1]! + 1) end++;
     await writeAllAt(handle, chunks.slice(start, end), positions[start]! * index.chunkSize);
     start = end;
-  }
-}
-
-/** Writes `buffers` back to back at `offset`, resuming after short writes. */
-async function writeAllAt(handle: fs.FileHandle, buffers: Buffer[], offset: number): Promise<void> {
-  let pending = buffers;
-  let at = offset;
-  while (pending.length > 0) {
-    let { bytesWritten } = await handle.writev(pending, at);
-    at += bytesWritten;
-    let consumed = 0;
-    while (consumed < pending.length && bytesWritten >= pending[consumed]!.length) bytesWritten -= pending[consumed++]!.length;
-    const rest = pending.slice(consumed);
-    if (bytesWritten > 0) rest[0] = rest[0]!.subarray(bytesWritten);
-    pending = rest;
   }
 }

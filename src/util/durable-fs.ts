@@ -16,7 +16,7 @@ export async function writeFileDurable(filePath: string, data: Uint8Array | stri
   const handle = await fs.open(temporaryPath, 'w', mode);
   try {
     if (typeof data === 'string' || data instanceof Uint8Array) await handle.writeFile(data);
-    else await writeAll(handle, data);
+    else await writeAllAt(handle, data);
     await handle.sync();
   } finally {
     await handle.close();
@@ -45,13 +45,19 @@ export async function ensureDirectory(directory: string, mode?: number): Promise
   await fs.mkdir(directory, { recursive: true, ...(mode === undefined ? {} : { mode }) });
 }
 
-/** Writes every buffer in order with as few system calls as possible (writev, resumed after short writes). */
-async function writeAll(handle: fs.FileHandle, parts: readonly Uint8Array[]): Promise<void> {
+/**
+ * Writes `parts` back to back, at `position` (a byte offset) or, when null, at the file's current
+ * position, with as few system calls as possible: writev, at most IOV_MAX buffers at a time, resumed
+ * after short writes.
+ */
+export async function writeAllAt(handle: fs.FileHandle, parts: readonly Uint8Array[], position: number | null = null): Promise<void> {
   const IOV_MAX = 1024;
   let pending = parts.filter((part) => part.byteLength > 0);
+  let at = position;
   while (pending.length > 0) {
     const batch = pending.slice(0, IOV_MAX);
-    let { bytesWritten } = await handle.writev(batch as Uint8Array[]);
+    let { bytesWritten } = await handle.writev(batch as Uint8Array[], at ?? undefined);
+    if (at !== null) at += bytesWritten;
     let consumed = 0;
     while (consumed < batch.length && bytesWritten >= batch[consumed]!.byteLength) bytesWritten -= batch[consumed++]!.byteLength;
     const rest = pending.slice(consumed);
