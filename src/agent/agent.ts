@@ -1,7 +1,9 @@
 /**
- * The agent daemon: registers its machines with the server, then long-polls for replication jobs and
- * runs them. It survives server restarts (every request is retried while the server is away) and its
- * own (the server hands out unfinished jobs again; chunks already sent are not sent twice).
+ * The agent daemon: registers its machines with the server, then long-polls for jobs and runs them:
+ * replication cycles (replicator.ts) and, for reprotect and failback, applying a recovery point to the
+ * machine's own disks (apply-point.ts). It survives server restarts (every request is retried while the
+ * server is away) and its own (the server hands out unfinished jobs again; chunks already sent are not
+ * sent twice, and a disk already equal to a point has nothing written).
  *
  * Lifecycle: 'starting' -> 'running' -> 'stopping' -> 'stopped' (see `agentTransitions`).
  */
@@ -16,6 +18,7 @@ import { sleep } from '../util/time.js';
 import { AgentState } from './agent-state.js';
 import { CompressionPool } from './compression-pool.js';
 import { DEFAULT_ZSTD_LEVEL } from '../store/compression-level.js';
+import { applyPointJob } from './apply-point.js';
 import { replicateMachine } from './replicator.js';
 import { RateLimiter } from './rate-limiter.js';
 import { removeStaleClones } from './snapshots.js';
@@ -156,6 +159,12 @@ export class Agent {
   private async runJob(job: AgentJob): Promise<void> {
     const started = Date.now();
     try {
+      if (job.kind === 'apply-point') {
+        this.log.info({ jobId: job.id, pointId: job.pointId, machine: job.machine.name }, `applying point ${job.pointId} to the disks of ${job.machine.name}`);
+        await applyPointJob(job, { client: this.client, state: this.store, log: this.log, signal: this.abort.signal });
+        this.log.info({ jobId: job.id, pointId: job.pointId, machine: job.machine.name, ms: Date.now() - started }, `disks of ${job.machine.name} now equal point ${job.pointId}`);
+        return;
+      }
       const point = await replicateMachine(job, {
         client: this.client,
         state: this.store,

@@ -17,7 +17,7 @@
 import { type ApiClient, withRetry } from '../client/api-client.js';
 import { FerryError } from '../errors.js';
 import { encodeChunkBatch, encodeDeltaPayload, FRAME_OVERHEAD, FrameEncoding, MAX_BATCH_BYTES, MAX_BATCH_CHUNK_BYTES, type OutgoingFrame } from '../protocol/chunk-batch.js';
-import type { AgentJob, Consistency, PointView } from '../protocol/views.js';
+import type { Consistency, PointView, ReplicateJob } from '../protocol/views.js';
 import { blockCountOf } from '../store/chunk-delta.js';
 import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
@@ -56,7 +56,7 @@ export interface ReplicationDeps {
 }
 
 /** Runs one replication job to a committed point. Throws FerryError on failure. */
-export async function replicateMachine(job: AgentJob, deps: ReplicationDeps): Promise<PointView> {
+export async function replicateMachine(job: ReplicateJob, deps: ReplicationDeps): Promise<PointView> {
   const call = <T>(operation: () => Promise<T>) =>
     withRetry(operation, { deadlineMs: REQUEST_DEADLINE_MS, signal: deps.signal, onRetry: (error) => deps.log.warn({ jobId: job.id }, `retrying: ${error.message}`) });
   const startBody = await jobStartBody(job, deps.state); // whether this cycle is a resync, and why

@@ -10,7 +10,7 @@
  * already has points) and shows it as the `resyncing` replication state.
  */
 import type { JobStartRequest } from '../protocol/requests.js';
-import type { AgentJob } from '../protocol/views.js';
+import type { ReplicateJob } from '../protocol/views.js';
 import { probeDiskSize } from '../disks/disk-source.js';
 import type { AgentState } from './agent-state.js';
 
@@ -22,7 +22,7 @@ const MAX_REASON_LENGTH = 2000;
  * same reason grouped), or null when every disk can. A disk that cannot be opened is left out: the
  * cycle fails on it anyway, with its own error.
  */
-export async function resyncReason(job: Pick<AgentJob, 'disks' | 'chunkSize'>, state: AgentState): Promise<string | null> {
+export async function resyncReason(job: Pick<ReplicateJob, 'disks' | 'chunkSize'>, state: AgentState): Promise<string | null> {
   const disksByReason = new Map<string, number[]>();
   const add = (reason: string, position: number) => disksByReason.set(reason, [...(disksByReason.get(reason) ?? []), position]);
   for (const disk of job.disks) {
@@ -52,7 +52,7 @@ export async function resyncReason(job: Pick<AgentJob, 'disks' | 'chunkSize'>, s
 }
 
 /** The body of `POST /agent/jobs/ID/start` for `job`: `resync` with its reason when `resyncReason` finds one. */
-export async function jobStartBody(job: Pick<AgentJob, 'disks' | 'chunkSize'>, state: AgentState): Promise<JobStartRequest> {
+export async function jobStartBody(job: Pick<ReplicateJob, 'disks' | 'chunkSize'>, state: AgentState): Promise<JobStartRequest> {
   const reason = await resyncReason(job, state);
   return reason === null ? {} : { resync: { reason } };
 }

@@ -1,13 +1,22 @@
 /**
  * `ferry failover MACHINE --test | --planned | --unplanned [--point P] | --change-point --point P`,
- * `ferry failover cleanup MACHINE` (a test failover), `ferry commit MACHINE`, and migration:
+ * `ferry failover cleanup MACHINE` (a test failover), `ferry commit MACHINE`, reprotect and failback:
+ * `ferry reprotect MACHINE [--agent A] [--disk-path N=PATH]`, `ferry failback MACHINE`, and migration:
  * `ferry migrate MACHINE [--test]`, `ferry migrate cleanup MACHINE`, `ferry migrate complete MACHINE`.
  */
 import type { Command } from 'commander';
 import { FerryError } from '../errors.js';
-import type { FailoverDiskView, FailoverView, JobView } from '../protocol/views.js';
+import type { FailoverDiskView, FailoverView, JobView, MachineView, ReprotectView } from '../protocol/views.js';
 import { CliContext } from './context.js';
+import { reprotectText } from './machines.js';
 import { formatBytes, printTable } from './output.js';
+
+/** Parses one --disk-path value, N=PATH, onto the list so far. */
+export function parseDiskPathFlag(value: string, previous: { position: number; path: string }[] = []): { position: number; path: string }[] {
+  const match = /^(\d{1,3})=(.+)$/.exec(value);
+  if (!match) throw new FerryError('invalid-request', `--disk-path '${value}' must be N=PATH (N the disk's position, 0 for the first)`);
+  return [...previous, { position: Number(match[1]), path: match[2]! }];
+}
 
 interface TestFailoverStarted {
   job: JobView;
@@ -155,12 +164,61 @@ export function registerFailoverCommands(program: Command): void {
     });
 
   program
+    .command('reprotect <machine>')
+    .description(
+      'after a committed failover: replicate the machine from the recovery site back to its source site (only what differs is sent); after a committed failback: replicate to the recovery site again',
+    )
+    .option('--agent <name>', "agent that reads the failed-over disks at the recovery site (default: the server's own site agent)")
+    .option('--disk-path <N=PATH>', 'write source disk N to PATH instead of its original location; repeatable', parseDiskPathFlag)
+    .option('--wait', 'wait until the reprotect is done')
+    .action(async (name: string, options: { agent?: string; diskPath?: { position: number; path: string }[]; wait?: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      const machinePath = `/machines/${encodeURIComponent(name)}`;
+      const started = await cli.client.post<{ job: JobView; reprotect: ReprotectView }>(`${machinePath}/reprotect`, {
+        ...(options.agent ? { agent: options.agent } : {}),
+        ...(options.diskPath ? { diskPaths: options.diskPath } : {}),
+      });
+      if (!options.wait) {
+        cli.print(started, () => console.log(`reprotect of ${name} (${started.reprotect.direction}): job ${started.job.id} ${started.job.state}; follow it with \`ferry job show ${started.job.id} --wait\``));
+        return;
+      }
+      const job = await cli.waitForJob(started.job.id);
+      const machine = await cli.client.get<MachineView>(machinePath);
+      cli.print({ machine: name, job, reprotect: machine.reprotect }, () => {
+        console.log(`${name}: ${machine.state}, replicating ${machine.direction}`);
+        if (machine.reprotect) console.log(`reprotect: ${reprotectText(machine.reprotect)}`);
+        if (machine.direction === 'reverse') console.log(`to bring it home: ferry failback ${name}`);
+      });
+    });
+
+  program
+    .command('failback <machine>')
+    .description("a planned failover back to the source site: the recovery site's agent stops the workload (--recovery-shutdown) and takes a final point, which is written to the source disks (only what differs)")
+    .option('--wait', "wait until the source site's disks are written")
+    .action(async (name: string, options: { wait?: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      const started = await cli.client.post<FailoverStarted>(`/machines/${encodeURIComponent(name)}/failback`);
+      if (!options.wait) {
+        cli.print(started, () => console.log(`failback of ${name}: job ${started.job.id} ${started.job.state}; follow it with \`ferry job show ${started.job.id} --wait\``));
+        return;
+      }
+      const job = await cli.waitForJob(started.job.id);
+      const failover = (await cli.client.get<MachineView>(`/machines/${encodeURIComponent(name)}`)).failover;
+      const result = job.result as { pointId: string; changedBytes: number; receivedBytes: number };
+      cli.print({ machine: name, job, failover }, () => {
+        console.log(`${name}: failed back to ${result.pointId}; the source disks took ${formatBytes(result.changedBytes)} that differed (${formatBytes(result.receivedBytes)} sent)`);
+        if (failover) printTable(['#', 'PATH'], failover.disks.map((disk) => [disk.position, disk.path]));
+        console.log(`to make it final: ferry commit ${name}; then ferry reprotect ${name} replicates it to the recovery site again`);
+      });
+    });
+
+  program
     .command('commit <machine>')
-    .description('make a failover final: its point can no longer be changed')
+    .description('make a failover (or failback) final: its point can no longer be changed')
     .action(async (name: string, _options: unknown, command: Command) => {
       const cli = CliContext.of(command);
       const result = await cli.client.post<{ job: JobView; failover: FailoverView }>(`/machines/${encodeURIComponent(name)}/commit`);
-      cli.print(result, () => console.log(`${name}: failover to ${result.failover.pointId} committed`));
+      cli.print(result, () => console.log(`${name}: ${result.failover.kind === 'failback' ? 'failback' : 'failover'} to ${result.failover.pointId} committed; next: ferry reprotect ${name}`));
     });
 }
 

@@ -15,6 +15,15 @@ function replicationText(machine: MachineView): string {
   return 'idle';
 }
 
+/** One line on a reprotect: direction, state, and once done the bytes it took. */
+export function reprotectText(reprotect: NonNullable<MachineView['reprotect']>): string {
+  const result = reprotect.result;
+  const bytes = result
+    ? `: first point sent ${formatBytes(result.pointSentBytes)}${result.appliedChangedBytes !== undefined ? `, source disks took ${formatBytes(result.appliedChangedBytes)} (${formatBytes(result.appliedReceivedBytes ?? 0)} sent)` : ''}`
+    : '';
+  return `${reprotect.direction}, ${reprotect.state}${reprotect.pointId ? ` at ${reprotect.pointId}` : ''}${bytes}${reprotect.error ? ` (${reprotect.error})` : ''}`;
+}
+
 function printMachine(machine: MachineView): void {
   printFields([
     ['machine', machine.name],
@@ -23,6 +32,10 @@ function printMachine(machine: MachineView): void {
     ['replication', replicationText(machine)],
     ...(machine.replication.resyncReason ? [['resync', machine.replication.resyncReason] as [string, string]] : []),
     ['agent', `${machine.agent.name} (${machine.agent.online ? 'online' : 'offline'}, seen ${formatAge(machine.agent.lastSeenAt)})`],
+    ['direction', machine.direction === 'reverse' ? 'reverse (from the recovery site back to the source site)' : 'forward (to the recovery site)'],
+    ...(machine.recoveryAgent
+      ? [['recovery agent', `${machine.recoveryAgent.name} (${machine.recoveryAgent.online ? 'online' : 'offline'}, seen ${formatAge(machine.recoveryAgent.lastSeenAt)})`] as [string, string]]
+      : []),
     ['site', machine.site],
     ['policy', machine.policy],
     ['last point', machine.lastPointAt ? `${machine.lastPointAt} (${formatAge(machine.lastPointAt)})` : null],
@@ -30,11 +43,17 @@ function printMachine(machine: MachineView): void {
     ['points', machine.pointCount],
     ['hooks', machine.hooks.prePoint ? `pre: ${machine.hooks.prePoint} | post: ${machine.hooks.postPoint ?? '-'} | timeout ${machine.hooks.timeoutSeconds}s` : 'none'],
     ['shutdown', machine.hooks.shutdown ?? 'none (planned failover needs one)'],
+    ['recovery shutdown', machine.hooks.recoveryShutdown ?? 'none (failback needs one)'],
     ['test failover', machine.testFailover ? `${machine.testFailover.state} at ${machine.testFailover.pointId}` : 'none'],
     ['failover', machine.failover ? `${machine.failover.kind}, ${machine.failover.state}${machine.failover.pointId ? ` at ${machine.failover.pointId}` : ''}${machine.failover.error ? ` (${machine.failover.error})` : ''}` : 'none'],
+    ['reprotect', machine.reprotect ? reprotectText(machine.reprotect) : 'none'],
   ]);
   console.log('disks:');
-  printTable(['#', 'PATH', 'SIZE', 'ERROR'], machine.disks.map((d) => [d.position, d.path, formatBytes(d.sizeBytes), d.error]));
+  const reverse = machine.disks.some((d) => d.recoveryPath !== null);
+  printTable(
+    reverse ? ['#', 'PATH', 'SIZE', 'AT RECOVERY SITE', 'ERROR'] : ['#', 'PATH', 'SIZE', 'ERROR'],
+    machine.disks.map((d) => (reverse ? [d.position, d.path, formatBytes(d.sizeBytes), d.recoveryPath, d.error] : [d.position, d.path, formatBytes(d.sizeBytes), d.error])),
+  );
   if (machine.testFailover) {
     console.log('test failover disks:');
     printTable(['#', 'PATH'], machine.testFailover.disks.map((d) => [d.position, d.path]));
@@ -64,13 +83,15 @@ export function registerMachineCommands(program: Command): void {
     .option('--post-point <command>', 'shell command the agent runs after reading them (resume); "" removes it')
     .option('--hook-timeout <duration>', 'how long each hook may run, e.g. 60s')
     .option('--shutdown <command>', 'shell command a planned failover has the agent run to stop the workload; "" removes it')
-    .action(async (name: string, options: { prePoint?: string; postPoint?: string; hookTimeout?: string; shutdown?: string }, command: Command) => {
+    .option('--recovery-shutdown <command>', 'shell command a failback has the recovery site\'s agent run to stop the workload there; "" removes it')
+    .action(async (name: string, options: { prePoint?: string; postPoint?: string; hookTimeout?: string; shutdown?: string; recoveryShutdown?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const updated = await cli.client.patch<MachineView>(`/machines/${encodeURIComponent(name)}`, {
         ...(options.prePoint !== undefined ? { prePointCommand: options.prePoint || null } : {}),
         ...(options.postPoint !== undefined ? { postPointCommand: options.postPoint || null } : {}),
         ...(options.hookTimeout ? { hookTimeoutSeconds: parseDuration(options.hookTimeout, '--hook-timeout') } : {}),
         ...(options.shutdown !== undefined ? { shutdownCommand: options.shutdown || null } : {}),
+        ...(options.recoveryShutdown !== undefined ? { recoveryShutdownCommand: options.recoveryShutdown || null } : {}),
       });
       cli.print(updated, printMachine);
     });

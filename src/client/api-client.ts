@@ -2,9 +2,10 @@
  * HTTP client of the Ferry API, used by the CLI and the agent. Every failure becomes a FerryError: the
  * server's own error body when it sent one, `server-unreachable` (retryable) when it could not be
  * reached. JSON requests go over Node's fetch, which keeps connections alive between calls; binary
- * uploads (chunk batches, indexes) go over node:http(s) with a keep-alive agent, because fetch copies
- * a typed-array body twice before sending it, which at hundreds of MB/s costs more CPU and memory than
- * everything else the agent does with the bytes.
+ * uploads (chunk batches, indexes) and binary downloads (indexes, chunk batches an agent applies) go
+ * over node:http(s) with a keep-alive agent, because fetch copies a typed-array body twice before
+ * sending it, which at hundreds of MB/s costs more CPU and memory than everything else the agent does
+ * with the bytes.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -55,28 +56,57 @@ export class ApiClient {
    * POSTs raw bytes (chunk batches, indexes) as application/octet-stream: `body` is the bytes, or a list
    * of buffers sent one after another as one body without being copied together. Errors as `request`.
    */
-  postBinary<T>(path: string, body: Uint8Array | readonly Uint8Array[], timeoutMs = this.timeoutMs): Promise<T> {
+  async postBinary<T>(path: string, body: Uint8Array | readonly Uint8Array[], timeoutMs = this.timeoutMs): Promise<T> {
     const parts = body instanceof Uint8Array ? [body] : body;
+    const response = await this.exchange('POST', path, { contentType: 'application/octet-stream', parts, timeoutMs });
+    return parseResponse<T>(response.status, response.body.toString('utf8'));
+  }
+
+  /**
+   * GETs a binary body (an index, chunk bytes) and resolves to its bytes, whatever its content type.
+   * Errors as `request`: a non-2xx answer throws the server's error, an unreachable server throws
+   * server-unreachable (retryable).
+   */
+  async getBinary(path: string, query?: Query, timeoutMs = this.timeoutMs): Promise<Buffer> {
+    const response = await this.exchange('GET', path, { query, timeoutMs });
+    return binaryBody(response);
+  }
+
+  /** POSTs `json` and resolves to the binary body of the answer (a chunk batch, say). Errors as `getBinary`. */
+  async postForBinary(path: string, json: unknown, timeoutMs = this.timeoutMs): Promise<Buffer> {
+    const body = Buffer.from(JSON.stringify(json ?? {}), 'utf8');
+    const response = await this.exchange('POST', path, { contentType: 'application/json', parts: [body], timeoutMs });
+    return binaryBody(response);
+  }
+
+  /**
+   * One request over node:http(s) with the keep-alive agent: sends `parts` back to back as the body
+   * (no copy) and collects the answer's body into one buffer. Only a failure to reach the server or
+   * to receive the whole answer rejects (server-unreachable); any status resolves.
+   */
+  private exchange(
+    method: string,
+    path: string,
+    options: { query?: Query; contentType?: string; parts?: readonly Uint8Array[]; timeoutMs: number },
+  ): Promise<{ status: number; body: Buffer }> {
     const url = new URL(`${this.baseUrl}/api/v1${path}`);
-    const headers: Record<string, string | number> = {
-      'content-type': 'application/octet-stream',
-      'content-length': parts.reduce((total, part) => total + part.byteLength, 0),
-    };
+    for (const [key, value] of Object.entries(options.query ?? {})) if (value !== undefined) url.searchParams.set(key, String(value));
+    const parts = options.parts ?? [];
+    const headers: Record<string, string | number> = { 'content-length': parts.reduce((total, part) => total + part.byteLength, 0) };
+    if (options.contentType) headers['content-type'] = options.contentType;
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     const transport = url.protocol === 'https:' ? https : http;
-    return new Promise<T>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       const unreachable = (error: Error) =>
         reject(new FerryError('server-unreachable', `cannot reach Ferry server at ${this.baseUrl} (${(error as { code?: string }).code ?? error.name})`, { cause: error }));
-      const request = transport.request(url, { method: 'POST', headers, agent: this.uploadAgent, signal: AbortSignal.timeout(timeoutMs) }, (response) => {
+      const request = transport.request(url, { method, headers, agent: this.uploadAgent, signal: AbortSignal.timeout(options.timeoutMs) }, (response) => {
         const received: Buffer[] = [];
         response.on('data', (piece: Buffer) => received.push(piece));
         response.on('error', unreachable);
-        response.on('end', () => {
-          try {
-            resolve(parseResponse<T>(response.statusCode ?? 0, Buffer.concat(received).toString('utf8')));
-          } catch (error) {
-            reject(error);
-          }
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body: received.length === 1 ? received[0]! : Buffer.concat(received) }));
+        // A connection cut mid-body ends the response without 'end' (and, before Node 21, without 'error').
+        response.on('close', () => {
+          if (!response.complete) unreachable(Object.assign(new Error('connection closed before the whole answer arrived'), { code: 'ECONNRESET' }));
         });
       });
       request.on('error', unreachable);
@@ -122,6 +152,12 @@ function parseResponse<T>(status: number, text: string): T {
   }
   if (status < 200 || status > 299) throw FerryError.fromBody(status, parsed);
   return parsed as T;
+}
+
+/** The body of a 2xx answer as bytes; for any other status, the server's error (as `parseResponse`). */
+function binaryBody(response: { status: number; body: Buffer }): Buffer {
+  if (response.status >= 200 && response.status <= 299) return response.body;
+  return parseResponse<never>(response.status, response.body.toString('utf8'));
 }
 
 /** How long `withRetry` keeps retrying an error the server itself sent (a transient fault it reported). */

@@ -222,6 +222,33 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Reprotect and failback: the agent that reads a machine's disks at the recovery site and where those
+  // disks are, a shutdown command for the workload there, the job a multi-step failover is carried by,
+  // and one reprotect record per machine (reprotect.ts).
+  '0005-reprotect': {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('machines').addColumn('recovery_agent_id', 'text').execute();
+      await db.schema.alterTable('machines').addColumn('recovery_shutdown_command', 'text').execute();
+      await db.schema.alterTable('disks').addColumn('recovery_path', 'text').execute();
+      await db.schema.alterTable('failovers').addColumn('operation_job_id', 'text').execute();
+      await db.schema
+        .createTable('reprotections')
+        .addColumn('machine_id', 'text', (column) => column.primaryKey().references('machines.id'))
+        .addColumn('direction', 'text', (column) => column.notNull())
+        .addColumn('state', 'text', (column) => column.notNull())
+        .addColumn('agent_id', 'text', (column) => column.notNull())
+        .addColumn('target_agent_id', 'text')
+        .addColumn('operation_job_id', 'text', (column) => column.notNull())
+        .addColumn('job_id', 'text', (column) => column.notNull())
+        .addColumn('point_id', 'text')
+        .addColumn('targets', 'text', (column) => column.notNull())
+        .addColumn('result', 'text')
+        .addColumn('error', 'text')
+        .addColumn('created_at', 'integer', (column) => column.notNull())
+        .addColumn('updated_at', 'integer', (column) => column.notNull())
+        .execute();
+    },
+  },
 };
 
 /** Supplies the migrations above to Kysely's Migrator. */

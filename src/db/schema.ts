@@ -62,6 +62,10 @@ export interface MachineTable {
   shutdown_command: string | null;
   /** Replication direction: 'forward' (source site to recovery site) or 'reverse' (after reprotect). */
   direction: Generated<string>;
+  /** The agent that reads the machine's disks at the recovery site (reverse replication); null: none yet. */
+  recovery_agent_id: string | null;
+  /** Command a failback asks the recovery agent to run to stop the workload at the recovery site. */
+  recovery_shutdown_command: string | null;
   created_at: number;
   updated_at: number;
 }
@@ -73,6 +77,8 @@ export interface DiskTable {
   path: string;
   size_bytes: number | null;
   error: string | null;
+  /** Where the disk is at the recovery site once the machine has been reprotected from there; else null. */
+  recovery_path: string | null;
 }
 
 export interface PointTable {
@@ -147,6 +153,32 @@ export interface FailoverTable {
   created_at: number;
   updated_at: number;
   committed_at: number | null;
+  /** The job carrying the whole operation (planned failover, migration, failback); null for one-job operations. */
+  operation_job_id: string | null;
+}
+
+/**
+ * A reprotect of a machine (reprotect.ts): replication turned to `direction`, from the first point read by
+ * `agent_id` to (reverse only) that point applied to the source site's disks by `target_agent_id`.
+ */
+export interface ReprotectionTable {
+  machine_id: string;
+  direction: string;
+  /** A ReprotectState (lifecycle.ts). */
+  state: string;
+  agent_id: string;
+  target_agent_id: string | null;
+  operation_job_id: string;
+  /** The step's job: the first point's replication job, then the apply job. */
+  job_id: string;
+  point_id: string | null;
+  /** JSON { position, path }[]: where the apply job writes each disk (reverse only). */
+  targets: string;
+  /** JSON: bytes sent by the first point and by the apply job. */
+  result: string | null;
+  error: string | null;
+  created_at: number;
+  updated_at: number;
 }
 
 /** A recovery plan: groups of machines in order, with actions before and after each group. */
@@ -224,6 +256,7 @@ export interface Database {
   jobs: JobTable;
   test_failovers: TestFailoverTable;
   failovers: FailoverTable;
+  reprotections: ReprotectionTable;
   plans: PlanTable;
   plan_runs: PlanRunTable;
   plan_run_items: PlanRunItemTable;
@@ -237,6 +270,8 @@ export type SiteRow = Selectable<SiteTable>;
 export type PolicyRow = Selectable<PolicyTable>;
 export type DiskRow = Selectable<DiskTable>;
 export type FailoverRow = Selectable<FailoverTable>;
+export type ReprotectionRow = Selectable<ReprotectionTable>;
+export type PointDiskRow = Selectable<PointDiskTable>;
 export type PlanRow = Selectable<PlanTable>;
 export type PlanRunRow = Selectable<PlanRunTable>;
 export type PlanRunItemRow = Selectable<PlanRunItemTable>;

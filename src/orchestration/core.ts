@@ -28,6 +28,7 @@ import { Points } from './points.js';
 import { Policies } from './policies.js';
 import { RecoveryPlans } from './recovery-plans.js';
 import { Replication } from './replication.js';
+import { Reprotections } from './reprotect.js';
 import { Scheduler } from './scheduler.js';
 import { Sites } from './sites.js';
 import { StoreMaintenance } from './store-maintenance.js';
@@ -64,8 +65,10 @@ export class FerryCore {
   readonly machineOperations: MachineOperations;
   /** Recovery plans and their runs. */
   readonly plans: RecoveryPlans;
-  /** Planned and unplanned failover, change of point, commit. */
+  /** Planned and unplanned failover, change of point, commit, migration and failback. */
   readonly failovers: Failovers;
+  /** Reprotect: replication turned around after a committed failover or failback. */
+  readonly reprotections: Reprotections;
   readonly events: Events;
   /** Store writes of the agent protocol, safe against a concurrent garbage collection. */
   readonly storeGuard: StoreGuard;
@@ -96,14 +99,17 @@ export class FerryCore {
       const collected = await this.storeMaintenance.collectGarbage({ graceSeconds: 0 });
       return { bytes: collected.deleted.bytes, keptRecent: collected.keptRecent.chunks + collected.keptRecent.indexes };
     });
+    this.reprotections = new Reprotections(context, this.jobs, this.machines, this.events, new FilesDriver());
     this.machineOperations = new MachineOperations();
     this.machineOperations.register('test-failover', async (machine, options) => (await this.testFailovers.start(machine, options.point ?? 'latest')).job);
     this.machineOperations.register('cleanup', (machine) => this.testFailovers.cleanupForPlan(machine));
-    // The job an unplanned failover returns writes the disks: it ends when the machine is failed over.
-    // A planned failover's first job is only its final point, so it is not offered to plans until it has
-    // one job that ends with the failover.
+    // Each answers the one job that ends when the operation does: the disk write of an unplanned failover,
+    // the operation job of a planned failover, failback or reprotect (a child job per step).
     this.machineOperations.register('unplanned-failover', async (machine, options) => (await this.failovers.request(machine, 'unplanned', options.point ?? 'latest')).job);
+    this.machineOperations.register('planned-failover', async (machine) => (await this.failovers.request(machine, 'planned', 'latest')).job);
     this.machineOperations.register('commit', async (machine) => (await this.failovers.commit(machine)).job);
+    this.machineOperations.register('reprotect', async (machine) => (await this.reprotections.request(machine)).job);
+    this.machineOperations.register('failback', async (machine) => (await this.failovers.request(machine, 'failback', 'latest')).job);
     this.plans = new RecoveryPlans(context, this.jobs, this.events, this.machineOperations);
     this.scheduler = new Scheduler(context, this.points, this.machines, this.events);
     this.storeGuard = new StoreGuard(context.store);
@@ -160,6 +166,7 @@ export class FerryCore {
     this.plans.start(); // resumes the runs a stop or crash interrupted
     this.storeMaintenance.start();
     this.failovers.start();
+    this.reprotections.start();
   }
 
   /** Tells long-running requests (agent long polls) to return now; call before closing the HTTP server. */
@@ -174,6 +181,7 @@ export class FerryCore {
     await this.plans.stop();
     await this.runner.stop();
     await this.failovers.stop();
+    await this.reprotections.stop();
     await this.storeMaintenance.stop();
     await this.context.db.destroy();
   }

@@ -30,7 +30,8 @@ import type { FailoverDiskView, FailoverView, JobView } from '../protocol/views.
 import { CoalescingPass } from '../util/coalescing-pass.js';
 import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
 import type { Events } from './events.js';
-import { type Jobs, jobView, replicationJobKinds } from './jobs.js';
+import type { Db } from '../db/database.js';
+import { type Jobs, jobView, type OperationJobKind, replicationJobKinds } from './jobs.js';
 import { activeJobStates, type MachineEvent, type MachineState, machineTransitions, nextState } from './lifecycle.js';
 import type { Machines } from './machines.js';
 import type { Points } from './points.js';
@@ -39,11 +40,19 @@ import type { Points } from './points.js';
 const flows = {
   failover: { start: 'failover', inProgress: 'failing-over', done: 'failover-done', failed: 'failover-failed' },
   migration: { start: 'migrate', inProgress: 'migrating', done: 'migrate-done', failed: 'migrate-failed' },
+  failback: { start: 'failback', inProgress: 'failing-back', done: 'failback-done', failed: 'failback-failed' },
 } as const satisfies Record<string, { start: MachineEvent; inProgress: MachineState; done: MachineEvent; failed: MachineEvent }>;
 
 function flowOf(kind: string) {
-  return kind === 'migration' ? flows.migration : flows.failover;
+  return kind === 'migration' ? flows.migration : kind === 'failback' ? flows.failback : flows.failover;
 }
+
+/** What each operation that stops the workload first is called, and the job kind that carries it. */
+const stoppingOperations = {
+  planned: { noun: 'planned failover', job: 'planned-failover' },
+  migrate: { noun: 'migration', job: 'migrate' },
+  failback: { noun: 'failback', job: 'failback' },
+} as const satisfies Record<string, { noun: string; job: OperationJobKind }>;
 
 /**
  * Frees the space of deleted points (a garbage collection without grace); returns the bytes freed and how
@@ -89,22 +98,32 @@ export class Failovers {
    * when the machine's state does not allow it; planned failover and migration stop the workload first,
    * so they need a shutdown command (`ferry machine set M --shutdown CMD`).
    */
-  async request(machineName: string, mode: 'planned' | 'unplanned' | 'change-point' | 'migrate', pointSelector: string): Promise<FailoverStarted> {
+  async request(machineName: string, mode: 'planned' | 'unplanned' | 'change-point' | 'migrate' | 'failback', pointSelector: string): Promise<FailoverStarted> {
     const machine = await this.machines.get(machineName);
     const subject = `machine '${machineName}'`;
     if (mode === 'change-point') return this.changePoint(machine, pointSelector);
-    const flow = mode === 'migrate' ? flows.migration : flows.failover;
+    const flow = mode === 'migrate' ? flows.migration : mode === 'failback' ? flows.failback : flows.failover;
     const kind = mode === 'migrate' ? 'migration' : mode;
-    const stopsWorkload = mode !== 'unplanned';
+    const operation = mode === 'unplanned' ? null : stoppingOperations[mode];
     nextState(machineTransitions, subject, machine.state as MachineState, flow.start); // refuse early, with the table's message
-    if (stopsWorkload && !machine.shutdown_command) {
+    // Which way replication runs decides which way the machine may move (see lifecycle.ts).
+    if (mode === 'failback' && machine.direction !== 'reverse') {
+      throw new FerryError('conflict', `${subject} replicates forward, to its recovery site: it runs at its source site already, so there is nothing to fail back (fail over first; after a failover, \`ferry reprotect ${machineName}\` replicates it back)`);
+    }
+    if (mode !== 'failback' && machine.direction === 'reverse') {
+      throw new FerryError('conflict', `${subject} replicates in reverse, from its recovery site back to its source site: \`ferry failback ${machineName}\` brings it home`);
+    }
+    const shutdownCommand = mode === 'failback' ? machine.recovery_shutdown_command : machine.shutdown_command;
+    if (operation && !shutdownCommand) {
+      const option = mode === 'failback' ? '--recovery-shutdown' : '--shutdown';
       throw new FerryError(
         'invalid-request',
-        `a ${mode === 'migrate' ? 'migration' : 'planned failover'} of '${machineName}' stops its workload first, and the machine has no shutdown command: set one with \`ferry machine set ${machineName} --shutdown CMD\`${mode === 'migrate' ? '' : ', or fail over --unplanned'}`,
+        `a ${operation.noun} of '${machineName}' stops its workload first${mode === 'failback' ? ' at the recovery site' : ''}, and the machine has no shutdown command there: set one with \`ferry machine set ${machineName} ${option} CMD\`${mode === 'planned' ? ', or fail over --unplanned' : ''}`,
       );
     }
     const point = mode === 'unplanned' ? await this.points.resolve(machine, pointSelector) : null;
-    const site = await this.context.db.selectFrom('sites').select('path').where('id', '=', machine.site_id!).executeTakeFirstOrThrow();
+    // A failback writes the source site's disks through the machine's own agent, not a site directory.
+    const sitePath = mode === 'failback' ? '' : (await this.context.db.selectFrom('sites').select('path').where('id', '=', machine.site_id!).executeTakeFirstOrThrow()).path;
     const job = await this.context.db.transaction().execute(async (db) => {
       const current = await db.selectFrom('machines').select('state').where('id', '=', machine.id).executeTakeFirstOrThrow();
       const state = nextState(machineTransitions, subject, current.state as MachineState, flow.start);
@@ -112,37 +131,46 @@ export class Failovers {
       // No cycle that started before the failover may commit after it: cancel them (their commit is refused).
       const active = await db.selectFrom('jobs').select('id').where('machine_id', '=', machine.id).where('kind', 'in', replicationJobKinds).where('state', 'in', activeJobStates).execute();
       for (const each of active) await this.jobs.transition(each.id, 'cancel', { error: { code: 'cancelled', message: 'cancelled by a failover', retryable: false } }, db);
-      const created =
-        stopsWorkload
-          ? await this.jobs.create({ kind: 'final-point', machineId: machine.id, agentId: machine.agent_id, params: { chunkSize: this.context.options.chunkSize, consistency: 'app', shutdown: true } }, db)
-          : await this.jobs.create({ kind: 'failover', machineId: machine.id, agentId: null, params: { pointId: point!.id } }, db);
+      // An operation that stops the workload runs as one job with a child per step (final point, then write).
+      const operationJob = operation ? await this.jobs.create({ kind: operation.job, machineId: machine.id, agentId: null, params: { machine: machineName } }, db) : null;
+      if (operationJob) await this.jobs.transition(operationJob.id, 'start', { step: 'stopping the workload, taking a final point' }, db);
+      const source = await this.machines.replicationSource(machine, db);
+      const created = operationJob
+        ? await this.jobs.create(
+            { kind: 'final-point', machineId: machine.id, agentId: source.agentId, params: { chunkSize: this.context.options.chunkSize, consistency: 'app', shutdown: true }, parentId: operationJob.id },
+            db,
+          )
+        : await this.jobs.create({ kind: 'failover', machineId: machine.id, agentId: null, params: { pointId: point!.id } }, db);
       const now = this.context.now();
+      // A failback replaces the record of the failover it undoes (its events keep the history).
+      await db.deleteFrom('failovers').where('machine_id', '=', machine.id).execute();
       await db
         .insertInto('failovers')
         .values({
           machine_id: machine.id,
           kind,
-          state: stopsWorkload ? 'final-point' : 'writing',
+          state: operationJob ? 'final-point' : 'writing',
           point_id: null,
-          final_job_id: stopsWorkload ? created.id : null,
+          final_job_id: operationJob ? created.id : null,
           job_id: created.id,
-          site_path: site.path,
+          site_path: sitePath,
           disks: '[]',
           error: null,
           created_at: now,
           updated_at: now,
           committed_at: null,
+          operation_job_id: operationJob?.id ?? null,
         })
         .execute();
-      return created;
+      return operationJob ? this.jobs.get(operationJob.id, db) : created;
     });
     signalWork(this.context);
     await this.events.record({
       machineId: machine.id,
       severity: 'warning',
-      code: mode === 'migrate' ? 'migration-started' : 'failover-started',
-      message: stopsWorkload
-        ? `${machineName}: ${mode === 'migrate' ? 'migration' : 'planned failover'} started: the agent stops the workload and takes a final point (job ${job.id})`
+      code: mode === 'migrate' ? 'migration-started' : mode === 'failback' ? 'failback-started' : 'failover-started',
+      message: operation
+        ? `${machineName}: ${operation.noun} started: the ${mode === 'failback' ? 'recovery site\'s agent' : 'agent'} stops the workload and takes a final point (job ${job.id})`
         : `${machineName}: unplanned failover to ${point!.id} started (job ${job.id})`,
     });
     return { job: jobView(job, machine.name), failover: (await this.view(machine.id))! };
@@ -162,7 +190,13 @@ export class Failovers {
       return this.jobs.transition(created.id, 'succeed', { result: { machine: machineName } }, db);
     });
     const failover = (await this.view(machine.id))!;
-    await this.events.record({ machineId: machine.id, severity: 'info', code: 'failover-committed', message: `${machineName}: failover to ${failover.pointId} committed` });
+    const noun = failover.kind === 'failback' ? 'failback' : 'failover';
+    await this.events.record({
+      machineId: machine.id,
+      severity: 'info',
+      code: `${noun}-committed`,
+      message: `${machineName}: ${noun} to ${failover.pointId} committed; \`ferry reprotect ${machineName}\` replicates it ${noun === 'failback' ? 'to its recovery site again' : 'back to its source site'}`,
+    });
     return { job: jobView(job, machine.name), failover };
   }
 
@@ -260,6 +294,7 @@ export class Failovers {
         const state = nextState(machineTransitions, `machine '${machine.name}'`, flow.inProgress, flow.done);
         await db.updateTable('machines').set({ state, updated_at: this.context.now() }).where('id', '=', machine.id).execute();
         await db.updateTable('failovers').set({ state: 'ready', point_id: pointId, disks: JSON.stringify(planned), error: null, updated_at: this.context.now() }).where('machine_id', '=', machine.id).execute();
+        await this.endOperation(row, { result: { machine: machine.name, pointId, disks: planned } }, db);
       });
       const replaced = previous.length > 0 && row.point_id !== null && row.point_id !== pointId ? row.point_id : null;
       if (replaced) await this.driver.remove({ ...instance, generation: replaced });
@@ -292,6 +327,53 @@ export class Failovers {
   private async advanceAll(): Promise<void> {
     const waiting = await this.context.db.selectFrom('failovers').selectAll().where('state', '=', 'final-point').execute();
     for (const row of waiting) await this.advancePlanned(row);
+    // A failback's write is an agent's job (the source site's disks): follow it here.
+    const applying = await this.context.db.selectFrom('failovers').selectAll().where('state', '=', 'writing').where('kind', '=', 'failback').execute();
+    for (const row of applying) await this.advanceFailbackWrite(row);
+  }
+
+  /**
+   * A failback's `apply-point` job ended: succeeded, the machine is failed back on its source site's
+   * disks (the operation job succeeds with the bytes it took); failed or cancelled, it rolls back to
+   * protected (reverse), and the source disks may be partly written: failing back again rewrites them.
+   */
+  private async advanceFailbackWrite(row: FailoverRow): Promise<void> {
+    const applyJob = await this.jobs.get(row.job_id);
+    if (applyJob.state === 'queued' || applyJob.state === 'running') return;
+    const machine = await this.machines.getById(row.machine_id);
+    if (applyJob.state !== 'succeeded') {
+      await this.rollBack(machine, row, `writing the source site's disks failed (${applyJob.error_message ?? applyJob.state}); they may be partly written, and the next failback rewrites what differs`);
+      return;
+    }
+    const { pointId } = JSON.parse(applyJob.params) as { pointId: string };
+    const applied = parseJsonColumn<{ changedBytes?: number; receivedBytes?: number }>(applyJob.result, {});
+    const disks = await this.machines.disksOf(machine.id);
+    const pointDisks = await this.context.db.selectFrom('point_disks').select(['position', 'size_bytes']).where('point_id', '=', pointId).execute();
+    const written: FailoverDiskView[] = disks.map((disk) => ({ position: disk.position, path: disk.path, sizeBytes: pointDisks.find((pointDisk) => pointDisk.position === disk.position)?.size_bytes ?? disk.size_bytes ?? 0 }));
+    const done = await this.context.db.transaction().execute(async (db) => {
+      const current = await db.selectFrom('machines').select('state').where('id', '=', machine.id).executeTakeFirstOrThrow();
+      if (current.state !== flows.failback.inProgress) return false;
+      const state = nextState(machineTransitions, `machine '${machine.name}'`, flows.failback.inProgress, flows.failback.done);
+      await db.updateTable('machines').set({ state, updated_at: this.context.now() }).where('id', '=', machine.id).execute();
+      await db.updateTable('failovers').set({ state: 'ready', point_id: pointId, disks: JSON.stringify(written), error: null, updated_at: this.context.now() }).where('machine_id', '=', machine.id).execute();
+      await this.endOperation(row, { result: { machine: machine.name, pointId, disks: written, changedBytes: applied.changedBytes ?? 0, receivedBytes: applied.receivedBytes ?? 0 } }, db);
+      return true;
+    });
+    if (!done) return;
+    await this.events.record({
+      machineId: machine.id,
+      severity: 'warning',
+      code: 'failback-ready',
+      message: `${machine.name}: failed back to ${pointId} on its source site's disks (${applied.changedBytes ?? 0} bytes differed, ${applied.receivedBytes ?? 0} sent); \`ferry commit ${machine.name}\` makes it final`,
+    });
+  }
+
+  /** Ends the job carrying a multi-step operation (if the failover has one and it has not ended). */
+  private async endOperation(row: FailoverRow, outcome: { result?: Record<string, unknown>; error?: { code: string; message: string; retryable: boolean } }, db: Db): Promise<void> {
+    if (!row.operation_job_id) return;
+    const job = await this.jobs.get(row.operation_job_id, db);
+    if (job.state !== 'running' && job.state !== 'queued') return;
+    await this.jobs.transition(job.id, outcome.error ? 'fail' : 'succeed', outcome, db);
   }
 
 
@@ -312,7 +394,22 @@ export class Failovers {
     await this.context.db.transaction().execute(async (db) => {
       const current = await db.selectFrom('failovers').select('state').where('machine_id', '=', row.machine_id).executeTakeFirst();
       if (current?.state !== 'final-point') return;
-      const job = await this.jobs.create({ kind: 'failover', machineId: row.machine_id, agentId: null, params: { pointId } }, db);
+      const parentId = row.operation_job_id;
+      // A failback writes the source site's disks through the machine's own agent (only what differs).
+      const job =
+        row.kind === 'failback'
+          ? await this.jobs.create(
+              {
+                kind: 'apply-point',
+                machineId: row.machine_id,
+                agentId: machine.agent_id,
+                params: { pointId, targets: (await this.machines.disksOf(machine.id, db)).map((disk) => ({ position: disk.position, path: disk.path })) },
+                parentId,
+              },
+              db,
+            )
+          : await this.jobs.create({ kind: 'failover', machineId: row.machine_id, agentId: null, params: { pointId }, parentId }, db);
+      if (parentId) await db.updateTable('jobs').set({ step: row.kind === 'failback' ? "writing the source site's disks" : 'writing the disks', updated_at: this.context.now() }).where('id', '=', parentId).execute();
       await db.updateTable('failovers').set({ state: 'writing', point_id: null, job_id: job.id, updated_at: this.context.now() }).where('machine_id', '=', row.machine_id).execute();
     });
     signalWork(this.context);
@@ -350,12 +447,13 @@ export class Failovers {
       await db.updateTable('machines').set({ state, updated_at: this.context.now() }).where('id', '=', machine.id).execute();
       if (firstFailover) await db.deleteFrom('failovers').where('machine_id', '=', machine.id).execute();
       else await db.updateTable('failovers').set({ state: 'ready', error: reason, updated_at: this.context.now() }).where('machine_id', '=', machine.id).execute();
+      await this.endOperation(row, { error: { code: 'conflict', message: reason, retryable: true } }, db);
     });
     await this.events.record({
       machineId: machine.id,
       severity: 'error',
       code: 'failover-failed',
-      message: `${machine.name}: ${row.kind === 'migration' ? 'migration' : `${row.kind} failover`} ${firstFailover ? 'failed, the machine is protected again' : 'change of point failed, the failed-over disks are unchanged'}: ${reason}`,
+      message: `${machine.name}: ${row.kind === 'migration' || row.kind === 'failback' ? row.kind : `${row.kind} failover`} ${firstFailover ? 'failed, the machine is protected again' : 'change of point failed, the failed-over disks are unchanged'}: ${reason}`,
     });
   }
 }

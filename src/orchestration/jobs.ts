@@ -15,7 +15,27 @@ import type { Events } from './events.js';
 import { activeJobStates, type JobEvent, type JobState, jobTransitions, nextState } from './lifecycle.js';
 
 /** Kinds of job, and who runs each. */
-export type JobKind = 'initial-replication' | 'point' | 'final-point' | 'test-failover' | 'test-failover-cleanup' | 'failover' | 'commit' | 'complete-migration' | PlanJobKind;
+export type JobKind =
+  | 'initial-replication'
+  | 'point'
+  | 'final-point'
+  | 'apply-point'
+  | 'test-failover'
+  | 'test-failover-cleanup'
+  | 'failover'
+  | 'commit'
+  | 'complete-migration'
+  | OperationJobKind
+  | PlanJobKind;
+
+/**
+ * Jobs that carry a machine operation made of several steps, each its own child job: a planned failover
+ * (final point, then writing the disks), a migration (the same), a failback (final point at the recovery
+ * site, then applying it to the source disks) and a reprotect (first point of the new direction, then,
+ * reverse only, applying it). Their module starts and ends them; they end when the operation does.
+ */
+export type OperationJobKind = 'planned-failover' | 'migrate' | 'failback' | 'reprotect';
+export const operationJobKinds: readonly JobKind[] = ['planned-failover', 'migrate', 'failback', 'reprotect'];
 
 /**
  * Jobs of recovery plans (recovery-plans.ts): `plan` is a whole run, `plan-script` a script action (a
@@ -27,7 +47,7 @@ export type PlanJobKind = 'plan' | 'plan-script' | 'plan-manual';
  * Jobs no executor claims: their own module starts and ends them (a plan run, and its manual steps,
  * which only wait). The server's job runner leaves them alone.
  */
-export const coordinatedJobKinds: readonly JobKind[] = ['plan', 'plan-manual'];
+export const coordinatedJobKinds: readonly JobKind[] = ['plan', 'plan-manual', ...operationJobKinds];
 
 /**
  * Replication jobs: the kinds an agent runs (reading the source disks); the rest run on the server.
@@ -35,9 +55,15 @@ export const coordinatedJobKinds: readonly JobKind[] = ['plan', 'plan-manual'];
  */
 export const replicationJobKinds: readonly JobKind[] = ['initial-replication', 'point', 'final-point'];
 
+/**
+ * Jobs an agent executes: replication, and `apply-point` (the agent makes its disks equal to a point,
+ * fetching only the chunks that differ: reprotect and failback write the source site's disks this way).
+ */
+export const agentJobKinds: readonly JobKind[] = [...replicationJobKinds, 'apply-point'];
+
 /** True for jobs an agent executes. */
 export function isAgentJob(kind: string): boolean {
-  return (replicationJobKinds as readonly string[]).includes(kind);
+  return (agentJobKinds as readonly string[]).includes(kind);
 }
 
 /** Renders a job row for the API. */
@@ -83,6 +109,11 @@ export class Jobs {
    */
   async cancel(id: string): Promise<JobView> {
     const row = await this.get(id);
+    if ((operationJobKinds as readonly string[]).includes(row.kind) && (row.state === 'running' || row.state === 'queued')) {
+      throw new FerryError('conflict', `job ${id} (${row.kind}) carries a machine operation step by step; cancel its current step's job (\`ferry jobs\` lists it under this one), and the operation rolls back`, {
+        details: { state: row.state, kind: row.kind },
+      });
+    }
     if ((coordinatedJobKinds as readonly string[]).includes(row.kind) && row.state === 'running') {
       const { plan } = parseJsonColumn<{ plan?: string }>(row.params, {});
       throw new FerryError('conflict', `job ${id} (${row.kind}) belongs to a run of recovery plan '${plan ?? '?'}': cancel the run with \`ferry plan cancel ${plan ?? 'PLAN'}\``, {
@@ -266,7 +297,7 @@ export class Jobs {
       .selectFrom('jobs')
       .selectAll()
       .where('agent_id', '=', agentId)
-      .where('kind', 'in', replicationJobKinds)
+      .where('kind', 'in', agentJobKinds)
       .where('state', 'in', activeJobStates)
       .orderBy('created_at')
       .execute();
@@ -280,7 +311,7 @@ export class Jobs {
     return this.context.db
       .selectFrom('jobs')
       .selectAll()
-      .where('kind', 'not in', [...replicationJobKinds, ...coordinatedJobKinds])
+      .where('kind', 'not in', [...agentJobKinds, ...coordinatedJobKinds])
       .where('state', 'in', activeJobStates)
       .orderBy('created_at')
       .execute();

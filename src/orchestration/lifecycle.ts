@@ -20,6 +20,11 @@ export type TransitionTable<State extends string, Event extends string> = Record
  *                                   migrating --migrate-failed--> protected
  *   migration-completed --adopt--> unprotected   (an agent at the target site registers the machine)
  *
+ *   committed --reprotect--> reprotecting --reprotect-done--> protected   (replicating the other way)
+ *                            reprotecting --reprotect-failed--> committed
+ *   protected | paused --failback--> failing-back --failback-done--> failed-back --commit--> committed
+ *                                    failing-back --failback-failed--> protected
+ *
  * `failover` is planned (the agent stops the workload and takes a final point first) or unplanned (from
  * what the store has); `change-point` rewrites the failed-over disks from another point before commit.
  * `migrate` is a planned failover that retires the source; completing it deletes the machine's points
@@ -36,7 +41,10 @@ export type MachineState =
   | 'committed'
   | 'migrating'
   | 'migrated'
-  | 'migration-completed';
+  | 'migration-completed'
+  | 'reprotecting'
+  | 'failing-back'
+  | 'failed-back';
 export type MachineEvent =
   | 'protect'
   | 'initial-point-committed'
@@ -52,16 +60,25 @@ export type MachineEvent =
   | 'migrate-done'
   | 'migrate-failed'
   | 'complete-migration'
-  | 'adopt';
+  | 'adopt'
+  | 'reprotect'
+  | 'reprotect-done'
+  | 'reprotect-failed'
+  | 'failback'
+  | 'failback-done'
+  | 'failback-failed';
 
 export const machineTransitions: TransitionTable<MachineState, MachineEvent> = {
   unprotected: { protect: 'protecting' },
   protecting: { 'initial-point-committed': 'protected' },
-  protected: { pause: 'paused', failover: 'failing-over', migrate: 'migrating' },
-  paused: { resume: 'protected', failover: 'failing-over', migrate: 'migrating' },
+  protected: { pause: 'paused', failover: 'failing-over', migrate: 'migrating', failback: 'failing-back' },
+  paused: { resume: 'protected', failover: 'failing-over', migrate: 'migrating', failback: 'failing-back' },
   'failing-over': { 'failover-done': 'failed-over', 'failover-failed': 'protected', 'change-point-failed': 'failed-over' },
   'failed-over': { 'change-point': 'failing-over', commit: 'committed' },
-  committed: {},
+  committed: { reprotect: 'reprotecting' },
+  reprotecting: { 'reprotect-done': 'protected', 'reprotect-failed': 'committed' },
+  'failing-back': { 'failback-done': 'failed-back', 'failback-failed': 'protected' },
+  'failed-back': { commit: 'committed' },
   migrating: { 'migrate-done': 'migrated', 'migrate-failed': 'protected' },
   migrated: { 'complete-migration': 'migration-completed' },
   'migration-completed': { adopt: 'unprotected' },
@@ -69,6 +86,27 @@ export const machineTransitions: TransitionTable<MachineState, MachineEvent> = {
 
 /** States in which the scheduler takes points of a machine. */
 export const replicatingMachineStates: readonly MachineState[] = ['protecting', 'protected'];
+
+/** Which way a machine replicates: from its source site to its recovery site, or back (after reprotect). */
+export type ReplicationDirection = 'forward' | 'reverse';
+
+/**
+ * A reprotect (reprotect.ts): the first point of the new direction is replicated, then (reverse only) that
+ * point is applied to the source site's disks, sending only the chunks that differ there.
+ *
+ *   replicating --point-committed--> applying --applied--> done        (reverse)
+ *   replicating --finished--> done                                     (forward: nothing to apply)
+ *   replicating | applying --fail--> failed
+ */
+export type ReprotectState = 'replicating' | 'applying' | 'done' | 'failed';
+export type ReprotectEvent = 'point-committed' | 'applied' | 'finished' | 'fail';
+
+export const reprotectTransitions: TransitionTable<ReprotectState, ReprotectEvent> = {
+  replicating: { 'point-committed': 'applying', finished: 'done', fail: 'failed' },
+  applying: { applied: 'done', fail: 'failed' },
+  done: {},
+  failed: {},
+};
 
 /** Jobs: queued until an executor claims them, then running until they end. */
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';

@@ -3,6 +3,7 @@
  * disks), settings (hooks), and the status view with health and RPO that `ferry status` shows.
  */
 import { FerryError, notFound } from '../errors.js';
+import type { Db } from '../db/database.js';
 import type { DiskRow, MachineRow } from '../db/schema.js';
 import type { RegisterAgentRequest, UpdateMachineRequest } from '../protocol/requests.js';
 import type { HealthLevel, MachineView, RegisterAgentResponse, TestFailoverView } from '../protocol/views.js';
@@ -12,6 +13,7 @@ import type { JobRow } from '../db/schema.js';
 import { type CoreContext, parseJsonColumn } from './context.js';
 import { replicationJobKinds } from './jobs.js';
 import { failoverView } from './failover.js';
+import { reprotectView } from './reprotect.js';
 import { type MachineState, machineTransitions, nextState, replicatingMachineStates } from './lifecycle.js';
 import type { Principal } from './tokens.js';
 
@@ -81,6 +83,8 @@ export class Machines {
             health_level: 'healthy',
             shutdown_command: null,
             direction: 'forward',
+            recovery_agent_id: null,
+            recovery_shutdown_command: null,
             created_at: now,
             updated_at: now,
           };
@@ -104,7 +108,7 @@ export class Machines {
           if (existing) {
             await db.updateTable('disks').set({ path: disk.path, size_bytes: disk.sizeBytes, error: disk.error }).where('id', '=', id).execute();
           } else {
-            await db.insertInto('disks').values({ id, machine_id: row.id, position, path: disk.path, size_bytes: disk.sizeBytes, error: disk.error }).execute();
+            await db.insertInto('disks').values({ id, machine_id: row.id, position, path: disk.path, size_bytes: disk.sizeBytes, error: disk.error, recovery_path: null }).execute();
           }
           disks.push({ id, position, path: disk.path });
         }
@@ -148,8 +152,23 @@ export class Machines {
     return row;
   }
 
-  async disksOf(machineId: string): Promise<DiskRow[]> {
-    return this.context.db.selectFrom('disks').selectAll().where('machine_id', '=', machineId).orderBy('position').execute();
+  /**
+   * Who reads the machine's disks in its current direction, and where: forward, its own agent and the
+   * disks' paths at the source site; reverse (after a reprotect), its recovery agent and the disks' paths
+   * at the recovery site. Conflict when a reverse machine has no recovery agent or path (never, once a
+   * reprotect has set them).
+   */
+  async replicationSource(machine: MachineRow, db: Db = this.context.db): Promise<{ agentId: string; disks: { id: string; position: number; path: string }[] }> {
+    const disks = await this.disksOf(machine.id, db);
+    if (machine.direction !== 'reverse') return { agentId: machine.agent_id, disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path })) };
+    if (!machine.recovery_agent_id || disks.some((disk) => disk.recovery_path === null)) {
+      throw new FerryError('conflict', `machine '${machine.name}' replicates in reverse but has no recovery agent or disk paths at the recovery site; reprotect it again`);
+    }
+    return { agentId: machine.recovery_agent_id, disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.recovery_path! })) };
+  }
+
+  async disksOf(machineId: string, db: Db = this.context.db): Promise<DiskRow[]> {
+    return db.selectFrom('disks').selectAll().where('machine_id', '=', machineId).orderBy('position').execute();
   }
 
   /** Changes a machine's hooks and shutdown command. */
@@ -162,6 +181,7 @@ export class Machines {
         ...(request.postPointCommand !== undefined ? { post_point_command: request.postPointCommand || null } : {}),
         ...(request.hookTimeoutSeconds !== undefined ? { hook_timeout_seconds: request.hookTimeoutSeconds } : {}),
         ...(request.shutdownCommand !== undefined ? { shutdown_command: request.shutdownCommand || null } : {}),
+        ...(request.recoveryShutdownCommand !== undefined ? { recovery_shutdown_command: request.recoveryShutdownCommand || null } : {}),
         updated_at: this.context.now(),
       })
       .where('id', '=', machine.id)
@@ -220,8 +240,9 @@ export class Machines {
   async view(name: string): Promise<MachineView> {
     const { db, now, options } = this.context;
     const machine = await this.get(name);
-    const [agent, site, policy, disks, activeJob, pointCount, testFailover, failover] = await Promise.all([
+    const [agent, recoveryAgent, site, policy, disks, activeJob, pointCount, testFailover, failover, reprotect] = await Promise.all([
       db.selectFrom('agents').selectAll().where('id', '=', machine.agent_id).executeTakeFirstOrThrow(),
+      machine.recovery_agent_id ? db.selectFrom('agents').selectAll().where('id', '=', machine.recovery_agent_id).executeTakeFirst() : undefined,
       machine.site_id ? db.selectFrom('sites').select('name').where('id', '=', machine.site_id).executeTakeFirst() : undefined,
       machine.policy_id ? db.selectFrom('policies').selectAll().where('id', '=', machine.policy_id).executeTakeFirst() : undefined,
       this.disksOf(machine.id),
@@ -236,9 +257,13 @@ export class Machines {
       db.selectFrom('points').select((eb) => eb.fn.countAll<number>().as('count')).where('machine_id', '=', machine.id).executeTakeFirstOrThrow(),
       db.selectFrom('test_failovers').selectAll().where('machine_id', '=', machine.id).executeTakeFirst(),
       db.selectFrom('failovers').selectAll().where('machine_id', '=', machine.id).executeTakeFirst(),
+      db.selectFrom('reprotections').selectAll().where('machine_id', '=', machine.id).executeTakeFirst(),
     ]);
     const currentTime = now();
-    const online = currentTime - agent.last_seen_at < options.agentOfflineAfterMs;
+    const isOnline = (seenAt: number) => currentTime - seenAt < options.agentOfflineAfterMs;
+    // The agent that replicates now: the recovery site's in reverse.
+    const reader = machine.direction === 'reverse' && recoveryAgent ? recoveryAgent : agent;
+    const online = isOnline(reader.last_seen_at);
     // Replication is watched (agent, errors, RPO) while the machine replicates or is paused; failed over,
     // its source may be gone on purpose, and no new points are expected.
     const watched = replicatingMachineStates.includes(machine.state as MachineState) || machine.state === 'paused';
@@ -250,7 +275,7 @@ export class Machines {
     for (const disk of disks) if (disk.error) critical.push(`disk ${disk.position} (${disk.path}): ${disk.error}`);
     if (failover?.error) warning.push(`failover: ${failover.error}`);
     if (watched) {
-      if (!online) critical.push(`agent '${agent.name}' not seen for ${Math.round((currentTime - agent.last_seen_at) / 1000)}s`);
+      if (!online) critical.push(`agent '${reader.name}' not seen for ${Math.round((currentTime - reader.last_seen_at) / 1000)}s`);
       if (machine.replication_error) {
         const failures = await this.consecutiveFailures(machine.id);
         critical.push(`replication failing${failures > 1 ? ` (${failures} attempts in a row)` : ''}: ${machine.replication_error}`);
@@ -280,11 +305,18 @@ export class Machines {
       id: machine.id,
       name: machine.name,
       state: machine.state,
-      agent: { name: agent.name, lastSeenAt: new Date(agent.last_seen_at).toISOString(), online },
+      agent: { name: agent.name, lastSeenAt: new Date(agent.last_seen_at).toISOString(), online: isOnline(agent.last_seen_at) },
+      recoveryAgent: recoveryAgent ? { name: recoveryAgent.name, lastSeenAt: new Date(recoveryAgent.last_seen_at).toISOString(), online: isOnline(recoveryAgent.last_seen_at) } : null,
       site: site?.name ?? null,
       policy: policy?.name ?? null,
-      disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path, sizeBytes: disk.size_bytes, error: disk.error })),
-      hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds, shutdown: machine.shutdown_command },
+      disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path, sizeBytes: disk.size_bytes, error: disk.error, recoveryPath: disk.recovery_path })),
+      hooks: {
+        prePoint: machine.pre_point_command,
+        postPoint: machine.post_point_command,
+        timeoutSeconds: machine.hook_timeout_seconds,
+        shutdown: machine.shutdown_command,
+        recoveryShutdown: machine.recovery_shutdown_command,
+      },
       replication: {
         state: activeJob
           ? activeJob.kind === 'initial-replication'
@@ -311,6 +343,7 @@ export class Machines {
       testFailover: testFailoverView,
       failover: failover ? failoverView(failover) : null,
       direction: machine.direction,
+      reprotect: reprotect ? reprotectView(reprotect) : null,
     };
   }
 }

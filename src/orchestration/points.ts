@@ -39,14 +39,16 @@ export class Points {
     const machine = await db.selectFrom('machines').selectAll().where('id', '=', machineId).executeTakeFirstOrThrow();
     const existing = await this.jobs.activeFor(machine.id, replicationJobKinds, db);
     if (existing) return jobView(existing, machine.name);
-    const kind: JobKind = machine.state === 'protecting' ? 'initial-replication' : 'point';
+    // A reprotect's first point is the initial replication of the new direction.
+    const kind: JobKind = machine.state === 'protecting' || machine.state === 'reprotecting' ? 'initial-replication' : 'point';
     const policy = machine.policy_id
       ? await db.selectFrom('policies').select(['interval_seconds', 'app_interval_seconds']).where('id', '=', machine.policy_id).executeTakeFirst()
       : undefined;
     const everyPointIsApp = !policy || policy.app_interval_seconds <= policy.interval_seconds;
     const appDue = everyPointIsApp || machine.last_app_point_at === null || this.context.now() - machine.last_app_point_at >= policy.app_interval_seconds * 1000;
     const params = { chunkSize: this.context.options.chunkSize, consistency: consistency ?? (appDue ? 'app' : 'crash') };
-    const created = await this.jobs.create({ kind, machineId: machine.id, agentId: machine.agent_id, params }, db);
+    const source = await this.machines.replicationSource(machine, db);
+    const created = await this.jobs.create({ kind, machineId: machine.id, agentId: source.agentId, params }, db);
     return jobView(created, machine.name);
   }
 

@@ -3,11 +3,13 @@
  * long poll that doubles as the agent's heartbeat), and recording what agents report back.
  */
 import { once } from 'node:events';
-import { FerryError } from '../errors.js';
-import type { JobRow } from '../db/schema.js';
-import type { JobFailRequest, JobProgressRequest, JobStartRequest, ProtectRequest } from '../protocol/requests.js';
+import { FerryError, notFound } from '../errors.js';
+import type { JobRow, PointDiskRow } from '../db/schema.js';
+import { encodeChunkBatch, FrameEncoding } from '../protocol/chunk-batch.js';
+import type { ApplyCompleteRequest, JobFailRequest, JobProgressRequest, JobStartRequest, ProtectRequest } from '../protocol/requests.js';
+import { compressChunk, DEFAULT_ZSTD_LEVEL } from '../store/chunk-object.js';
 import type { AgentJob, JobView, MachineView } from '../protocol/views.js';
-import type { CoreContext } from './context.js';
+import { type CoreContext, parseJsonColumn } from './context.js';
 import type { Events } from './events.js';
 import type { Jobs } from './jobs.js';
 import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
@@ -18,6 +20,9 @@ import type { Sites } from './sites.js';
 
 /** Protection and the agent-facing half of replication. */
 export class Replication {
+  /** Chunk names of the points `apply-point` jobs are reading, by job (see `chunksOfPoint`). */
+  private readonly pointChunks = new Map<string, Set<string>>();
+
   constructor(
     private readonly context: CoreContext,
     private readonly jobs: Jobs,
@@ -59,7 +64,7 @@ export class Replication {
       await this.machines.touchAgent(agentId);
       const pending = await this.jobs.pendingForAgent(agentId);
       if (pending.length > 0 || Date.now() >= deadline || signal.aborted) {
-        return Promise.all(pending.map((job) => this.describeForAgent(job.id, job.machine_id!, job.params)));
+        return Promise.all(pending.map((job) => this.describeForAgent(job)));
       }
       // Wake on new work, the caller going away, or after a while (to re-check and refresh last-seen);
       // the listener and the timer are removed either way, so long polls leave nothing behind.
@@ -117,20 +122,106 @@ export class Replication {
     return this.jobs.view(jobId);
   }
 
-  private async describeForAgent(jobId: string, machineId: string, params: string): Promise<AgentJob> {
-    const machine = await this.machines.getById(machineId);
-    const disks = await this.machines.disksOf(machineId);
-    const parsed = JSON.parse(params) as { chunkSize?: number; consistency?: 'app' | 'crash'; shutdown?: boolean };
+  /**
+   * `GET /agent/jobs/:id/disks/:position/index`: the encoded index of an `apply-point` job's point disk
+   * at `position` (the agent compares its disk with it). Not found for a position the point lacks.
+   */
+  async applyIndex(agentId: string, jobId: string, position: number): Promise<Buffer> {
+    const { pointDisks } = await this.applyJob(agentId, jobId);
+    const pointDisk = pointDisks.find((disk) => disk.position === position);
+    if (!pointDisk) throw notFound('point disk', `${position} of job ${jobId}`);
+    return (await this.context.store.getIndex(pointDisk.index_hash)).encode();
+  }
+
+  /**
+   * `POST /agent/jobs/:id/chunks/read`: the chunks an `apply-point` job lacks, as a chunk batch (frames in
+   * the order asked, zstd-compressed when that is smaller). Only chunks of the job's point may be read:
+   * forbidden otherwise, so an agent token cannot read other machines' data by guessing names.
+   */
+  async readChunks(agentId: string, jobId: string, hashes: readonly string[]): Promise<Buffer[]> {
+    const job = await this.applyJob(agentId, jobId);
+    if (job.row.state !== 'running') throw new FerryError('conflict', `job ${jobId} is ${job.row.state}; start it before reading chunks`);
+    const allowed = await this.chunksOfPoint(jobId, job.pointDisks.map((disk) => disk.index_hash));
+    const foreign = hashes.find((hash) => !allowed.has(hash));
+    if (foreign) throw new FerryError('forbidden', `chunk ${foreign} is not part of point ${job.pointId}, which job ${jobId} applies`);
+    const chunks = await this.context.store.getChunks(hashes);
+    return encodeChunkBatch(
+      chunks.map((data, position) => {
+        const compressed = compressChunk(data, DEFAULT_ZSTD_LEVEL);
+        return { hash: Buffer.from(hashes[position]!, 'hex'), payload: compressed ?? data, encoding: compressed ? FrameEncoding.Zstd : FrameEncoding.Raw };
+      }),
+    );
+  }
+
+  /** The agent reports an `apply-point` job done: it succeeds with what each disk took (bytes changed, bytes received). */
+  async completeApply(agentId: string, jobId: string, report: ApplyCompleteRequest): Promise<JobView> {
+    const job = await this.applyJob(agentId, jobId);
+    this.pointChunks.delete(jobId);
+    if (job.row.state === 'succeeded') return this.jobs.view(jobId); // a retried report
+    if (job.row.state !== 'running') throw new FerryError('conflict', `job ${jobId} is ${job.row.state}; it cannot complete`);
+    const sum = (field: 'changedBytes' | 'receivedBytes' | 'chunksWritten') => report.disks.reduce((total, disk) => total + disk[field], 0);
+    await this.jobs.transition(jobId, 'succeed', {
+      result: { pointId: job.pointId, disks: report.disks, changedBytes: sum('changedBytes'), receivedBytes: sum('receivedBytes'), chunksWritten: sum('chunksWritten') },
+    });
+    return this.jobs.view(jobId);
+  }
+
+  /** An `apply-point` job of this agent, with its point's disks. */
+  private async applyJob(agentId: string, jobId: string): Promise<{ row: JobRow; pointId: string; pointDisks: PointDiskRow[] }> {
+    const row = await this.jobs.forAgent(jobId, agentId);
+    if (row.kind !== 'apply-point') throw new FerryError('invalid-request', `job ${jobId} is a ${row.kind} job, not an apply-point job`);
+    const { pointId } = parseJsonColumn<{ pointId?: string }>(row.params, {});
+    const pointDisks = pointId ? await this.context.db.selectFrom('point_disks').selectAll().where('point_id', '=', pointId).orderBy('position').execute() : [];
+    if (!pointId || pointDisks.length === 0) throw new FerryError('not-found', `the point job ${jobId} applies no longer exists`);
+    return { row, pointId, pointDisks };
+  }
+
+  /** The distinct chunk names of a job's point (kept while the job reads; one job's worth at a time per job). */
+  private async chunksOfPoint(jobId: string, indexHashes: readonly string[]): Promise<Set<string>> {
+    let chunks = this.pointChunks.get(jobId);
+    if (!chunks) {
+      chunks = new Set<string>();
+      for (const indexHash of indexHashes) for (const hash of (await this.context.store.getIndex(indexHash)).distinctHashes()) chunks.add(hash);
+      if (this.pointChunks.size >= 8) this.pointChunks.delete(this.pointChunks.keys().next().value!);
+      this.pointChunks.set(jobId, chunks);
+    }
+    return chunks;
+  }
+
+  private async describeForAgent(job: JobRow): Promise<AgentJob> {
+    const machine = await this.machines.getById(job.machine_id!);
+    if (job.kind === 'apply-point') {
+      const { pointId, targets } = JSON.parse(job.params) as { pointId: string; targets: { position: number; path: string }[] };
+      const disks = await this.machines.disksOf(machine.id);
+      const pointDisks = await this.context.db.selectFrom('point_disks').selectAll().where('point_id', '=', pointId).orderBy('position').execute();
+      return {
+        id: job.id,
+        kind: 'apply-point',
+        machine: { id: machine.id, name: machine.name },
+        pointId,
+        disks: pointDisks.map((pointDisk) => ({
+          id: disks.find((disk) => disk.position === pointDisk.position)?.id ?? pointDisk.disk_id,
+          position: pointDisk.position,
+          path: targets.find((target) => target.position === pointDisk.position)?.path ?? disks.find((disk) => disk.position === pointDisk.position)!.path,
+          sizeBytes: pointDisk.size_bytes,
+          chunkSize: pointDisk.chunk_size,
+        })),
+      };
+    }
+    const source = await this.machines.replicationSource(machine);
+    const parsed = JSON.parse(job.params) as { chunkSize?: number; consistency?: 'app' | 'crash'; shutdown?: boolean };
     const chunkSize = Number(parsed.chunkSize) || this.context.options.chunkSize;
+    // In reverse the workload runs at the recovery site: a failback's final point stops it there.
+    const shutdown = machine.direction === 'reverse' ? machine.recovery_shutdown_command : machine.shutdown_command;
     return {
-      id: jobId,
+      id: job.id,
       kind: 'replicate',
       machine: { id: machine.id, name: machine.name },
-      disks: disks.map((disk) => ({ id: disk.id, position: disk.position, path: disk.path })),
+      disks: source.disks,
       hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
       consistency: parsed.consistency ?? 'app',
       chunkSize,
-      ...(parsed.shutdown ? { shutdown: machine.shutdown_command } : {}),
+      ...(parsed.shutdown ? { shutdown } : {}),
     };
   }
 }

@@ -52,6 +52,14 @@ export class Tokens {
    * the file's token if the database was replaced.
    */
   async ensureAdminTokenFile(tokenFile: string): Promise<void> {
+    await this.ensureTokenFile(tokenFile, 'admin', 'admin');
+  }
+
+  /**
+   * Makes sure `tokenFile` (mode 0600) holds a working token of `role`: creates both when the file is
+   * missing or empty, and re-registers the file's token (under `name`) if the database does not know it.
+   */
+  async ensureTokenFile(tokenFile: string, role: 'admin' | 'agent', name: string): Promise<string> {
     let secret: string | null = null;
     try {
       secret = (await fs.readFile(tokenFile, 'utf8')).trim() || null;
@@ -63,13 +71,14 @@ export class Tokens {
       if (!known) {
         await this.context.db
           .insertInto('tokens')
-          .values({ id: newId('tok'), role: 'admin', name: 'admin', secret_hash: hashSecret(secret), created_at: this.context.now() })
+          .values({ id: newId('tok'), role, name, secret_hash: hashSecret(secret), created_at: this.context.now() })
           .execute();
       }
-      return;
+      return secret;
     }
-    const created = await this.create('admin', 'admin');
+    const created = await this.create(role, name);
     await writeFileDurable(tokenFile, `${created.token}\n`, 0o600);
     await fs.chmod(tokenFile, 0o600);
+    return created.token;
   }
 }

@@ -52,6 +52,8 @@ export const updateMachineRequest = z
     hookTimeoutSeconds: seconds.max(3600).optional(),
     /** Command a planned failover has the agent run to stop the machine's workload; null clears it. */
     shutdownCommand: z.string().max(4096).nullable().optional(),
+    /** Stops the workload at the recovery site (a failback's final point); '' or null removes it. */
+    recoveryShutdownCommand: z.string().max(4096).nullable().optional(),
   })
   .strict();
 
@@ -75,6 +77,46 @@ export const failoverRequest = z
   .object({ mode: z.enum(['planned', 'unplanned', 'change-point']), point: pointSelector })
   .strict()
   .refine((request) => request.mode !== 'planned' || request.point === 'latest', { message: 'a planned failover always uses its own final point: leave out point', path: ['point'] });
+
+/**
+ * `ferry reprotect MACHINE [--agent A] [--disk-path N=PATH]...`: turn replication around. `agent` reads
+ * the disks at the recovery site (default: the server's own site agent); `diskPaths` writes the source
+ * site's disks to new locations instead of the original ones (reverse only).
+ */
+export const reprotectRequest = z
+  .object({
+    agent: name.optional(),
+    diskPaths: z.array(z.object({ position: z.number().int().nonnegative().max(255), path: z.string().min(1).max(4096) })).max(256).optional(),
+  })
+  .strict();
+
+/** The agent's report that an `apply-point` job has made its disks equal to the point. */
+export const applyCompleteRequest = z
+  .object({
+    disks: z
+      .array(
+        z.object({
+          position: z.number().int().nonnegative(),
+          changedBytes: z.number().int().nonnegative(),
+          receivedBytes: z.number().int().nonnegative(),
+          chunksWritten: z.number().int().nonnegative(),
+        }),
+      )
+      .max(256),
+  })
+  .strict();
+
+/** An `apply-point` job asks for the chunks it lacks, by name (at most 1024 per request). */
+export const readChunksRequest = z.object({
+  hashes: z
+    .array(hashHex)
+    .min(1)
+    .max(1024)
+    .refine((hashes) => new Set(hashes).size === hashes.length, { message: 'hashes must be distinct' }),
+});
+
+/** A disk of a job's point: /agent/jobs/:id/disks/:position/index. */
+export const jobDiskParam = z.object({ id: z.string().min(1).max(64), position: z.coerce.number().int().nonnegative().max(255) });
 
 /** `ferry points create`: optionally force or skip the hooks for this point. */
 export const createPointRequest = z.object({ consistency: z.enum(['app', 'crash']).optional() });
@@ -168,3 +210,5 @@ export type JobStartRequest = z.infer<typeof jobStartRequest>;
 export type JobProgressRequest = z.infer<typeof jobProgressRequest>;
 export type JobFailRequest = z.infer<typeof jobFailRequest>;
 export type CommitPointRequest = z.infer<typeof commitPointRequest>;
+export type ReprotectRequest = z.infer<typeof reprotectRequest>;
+export type ApplyCompleteRequest = z.infer<typeof applyCompleteRequest>;

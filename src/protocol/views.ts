@@ -34,6 +34,8 @@ export interface DiskView {
   path: string;
   sizeBytes: number | null;
   error: string | null;
+  /** Where the disk is at the recovery site while the machine replicates from there (reverse); else null. */
+  recoveryPath: string | null;
 }
 
 export interface TestFailoverView {
@@ -52,7 +54,7 @@ export interface FailoverDiskView {
 
 /** A failover (not a test) of a machine, from the request to commit. */
 export interface FailoverView {
-  kind: 'planned' | 'unplanned' | 'migration';
+  kind: 'planned' | 'unplanned' | 'migration' | 'failback';
   /**
    * final-point (planned or migration: waiting for the agent's shutdown and last point), writing, ready,
    * committed (failover) or completed (migration).
@@ -77,8 +79,13 @@ export interface MachineView {
   site: string | null;
   policy: string | null;
   disks: DiskView[];
-  /** Hook commands; `shutdown` is what a planned failover runs to stop the workload. */
-  hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number; shutdown: string | null };
+  /**
+   * Hook commands; `shutdown` is what a planned failover runs to stop the workload at the source site,
+   * `recoveryShutdown` what a failback runs to stop it at the recovery site.
+   */
+  hooks: { prePoint: string | null; postPoint: string | null; timeoutSeconds: number; shutdown: string | null; recoveryShutdown: string | null };
+  /** The agent that reads the machine's disks at the recovery site (reverse replication), if any. */
+  recoveryAgent: { name: string; lastSeenAt: string; online: boolean } | null;
   replication: {
     /**
      * initial-replication: the first full copy; replicating: a point is being taken; resyncing: a
@@ -104,6 +111,28 @@ export interface MachineView {
   failover: FailoverView | null;
   /** Where replication goes: 'forward' (to the recovery site) or 'reverse' (after reprotect). */
   direction: string;
+  /** The machine's last reprotect, if it has had one. */
+  reprotect: ReprotectView | null;
+}
+
+/** A reprotect (turning replication around after a committed failover or failback). */
+export interface ReprotectView {
+  /** The direction replication runs once it is done. */
+  direction: 'forward' | 'reverse';
+  /** replicating (the first point of the new direction), applying (reverse: writing the source site's disks), done, failed. */
+  state: string;
+  /** The job carrying the whole reprotect. */
+  jobId: string;
+  /** The job of the step in progress (or the last one). */
+  stepJobId: string;
+  /** The first point of the new direction, once taken. */
+  pointId: string | null;
+  /** Reverse: where each source site disk is written. */
+  targets: { position: number; path: string }[];
+  /** Once done: bytes the first point sent, and (reverse) bytes the source site's disks took and were sent. */
+  result: { pointSentBytes: number; appliedChangedBytes?: number; appliedReceivedBytes?: number } | null;
+  error: string | null;
+  createdAt: string;
 }
 
 export interface PointDiskView {
@@ -196,7 +225,7 @@ export interface RegisterAgentResponse {
 }
 
 /** Work the server hands an agent: read the machine's disks and commit a recovery point. */
-export interface AgentJob {
+export interface ReplicateJob {
   id: string;
   kind: 'replicate';
   machine: { id: string; name: string };
@@ -211,6 +240,19 @@ export interface AgentJob {
    */
   shutdown?: string | null;
 }
+
+/** Work for an agent: make its disks equal to a recovery point, fetching only the chunks that differ. */
+export interface ApplyPointJob {
+  id: string;
+  kind: 'apply-point';
+  machine: { id: string; name: string };
+  pointId: string;
+  /** Each disk to write: `path` is created if missing; `sizeBytes` and `chunkSize` are the point's disk's. */
+  disks: { id: string; position: number; path: string; sizeBytes: number; chunkSize: number }[];
+}
+
+/** Any job the server hands an agent, told apart by `kind`. */
+export type AgentJob = ReplicateJob | ApplyPointJob;
 
 export interface WorkResponse {
   jobs: AgentJob[];

@@ -11,6 +11,7 @@ import type { StoreOpenOptions } from '../store/store-config.js';
 import { writeFileDurable } from '../util/durable-fs.js';
 import { armedFault, FAULT_ENV, FAULT_POINTS } from '../util/fault-injection.js';
 import { buildApp } from './app.js';
+import { startSiteAgent } from './site-agent.js';
 
 /** Options of `ferry server`. */
 export interface ServerOptions {
@@ -20,6 +21,8 @@ export interface ServerOptions {
   core?: Partial<CoreOptions>;
   /** Store key and new-store compression (see `CoreSetup.store`). */
   store?: StoreOpenOptions;
+  /** Run the site agent (site-agent.ts) that reads failed-over disks for reprotect; default true. */
+  siteAgent?: boolean;
 }
 
 /** A running server. */
@@ -39,6 +42,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const actualPort = typeof address === 'object' && address ? address.port : port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${actualPort}`;
   core.start();
+  const siteAgent = options.siteAgent === false ? null : await startSiteAgent(core, url);
   const serverFile = path.join(core.dataDir, 'server.json');
   await writeFileDurable(serverFile, JSON.stringify({ url, pid: process.pid }) + '\n');
   core.context.log.info({ url, dataDir: core.dataDir }, 'ferry server listening');
@@ -56,6 +60,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     core,
     async close() {
       core.beginShutdown();
+      await siteAgent?.stop();
       await app.close();
       await core.stop();
       await fs.rm(serverFile, { force: true });

@@ -1,10 +1,12 @@
-/** The API client over real HTTP on 127.0.0.1: error mapping and how long retries go on. */
+/** The API client over real HTTP on 127.0.0.1: error mapping, binary answers and how long retries go on. */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { ApiClient, withRetry } from '../../src/client/api-client.js';
 import { FerryError } from '../../src/errors.js';
+import { ferryError } from './helpers.js';
 
 async function serve(t: test.TestContext, handler: http.RequestListener): Promise<string> {
   const server = http.createServer(handler);
@@ -48,4 +50,68 @@ test('withRetry: a retryable error the server sent is retried briefly; an unreac
     throw new FerryError('invalid-request', 'bad');
   }, { deadlineMs: 10_000 }));
   assert.equal(permanent, 1, 'a non-retryable error is not retried');
+});
+
+test('getBinary and postForBinary return the body as bytes, sending the token, the query and the JSON', async (t) => {
+  const payload = randomBytes(3 * 1024 * 1024 + 17); // several socket reads' worth
+  const seen: { method?: string; url?: string; authorization?: string; contentType?: string; body?: string }[] = [];
+  const url = await serve(t, (request, response) => {
+    const received: Buffer[] = [];
+    request.on('data', (piece: Buffer) => received.push(piece));
+    request.on('end', () => {
+      seen.push({
+        method: request.method,
+        url: request.url,
+        authorization: request.headers.authorization,
+        contentType: request.headers['content-type'],
+        body: Buffer.concat(received).toString('utf8'),
+      });
+      response.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': payload.length });
+      response.end(payload);
+    });
+  });
+  const client = new ApiClient({ baseUrl: url, token: 'agent-token' });
+
+  const fetched = await client.getBinary('/agent/jobs/j1/disks/0/index', { pass: 2, skipped: undefined });
+  assert.ok(fetched.equals(payload), 'every byte comes back, in order');
+  assert.equal(seen[0]?.method, 'GET');
+  assert.equal(seen[0]?.url, '/api/v1/agent/jobs/j1/disks/0/index?pass=2');
+  assert.equal(seen[0]?.authorization, 'Bearer agent-token');
+
+  const read = await client.postForBinary('/agent/jobs/j1/chunks/read', { hashes: ['ab'] });
+  assert.ok(read.equals(payload));
+  assert.equal(seen[1]?.method, 'POST');
+  assert.equal(seen[1]?.contentType, 'application/json');
+  assert.deepEqual(JSON.parse(seen[1]?.body ?? ''), { hashes: ['ab'] });
+});
+
+test('getBinary and postForBinary: an error body becomes its FerryError, a bare status a generic one, an absent server server-unreachable', async (t) => {
+  const url = await serve(t, (request, response) => {
+    if (request.url?.includes('bare')) {
+      response.writeHead(502);
+      response.end('<html>bad gateway</html>');
+      return;
+    }
+    response.writeHead(404, { 'content-type': 'application/json' });
+    response.end(JSON.stringify({ error: { code: 'not-found', message: "point 'p9' not found", retryable: false } }));
+  });
+  const client = new ApiClient({ baseUrl: url });
+  await assert.rejects(client.getBinary('/x'), ferryError('not-found', ["point 'p9' not found"]));
+  await assert.rejects(client.postForBinary('/x', { hashes: [] }), ferryError('not-found'));
+  await assert.rejects(client.getBinary('/bare'), (error: FerryError) => error.code === 'server-unreachable' && error.retryable && /HTTP 502/.test(error.message));
+  const gone = new ApiClient({ baseUrl: 'http://127.0.0.1:9' });
+  await assert.rejects(gone.getBinary('/x'), (error: FerryError) => error.code === 'server-unreachable' && error.retryable);
+  await assert.rejects(gone.postForBinary('/x', {}), (error: FerryError) => error.code === 'server-unreachable' && error.retryable);
+});
+
+test('getBinary: an answer cut short, or slower than the timeout, is server-unreachable (retryable), never a short buffer', async (t) => {
+  const url = await serve(t, (request, response) => {
+    if (request.url?.includes('slow')) return; // never answers
+    response.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': 1_000_000 });
+    response.write(Buffer.alloc(1000));
+    setTimeout(() => response.destroy(), 20);
+  });
+  const client = new ApiClient({ baseUrl: url });
+  await assert.rejects(client.getBinary('/cut'), (error: FerryError) => error.code === 'server-unreachable' && error.retryable);
+  await assert.rejects(client.getBinary('/slow', undefined, 200), (error: FerryError) => error.code === 'server-unreachable' && error.retryable);
 });

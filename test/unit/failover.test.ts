@@ -107,15 +107,20 @@ describe('failover', () => {
     await core.machines.update('vm', { shutdownCommand: 'systemctl stop app' });
 
     const started = await core.failovers.request('vm', 'planned', 'latest');
-    assert.equal(started.job.kind, 'final-point');
+    assert.equal(started.job.kind, 'planned-failover', 'one job carries the whole operation');
+    assert.equal(started.job.state, 'running');
     assert.equal(started.failover.state, 'final-point');
+    const finalJob = await core.jobs.view(started.failover.jobId);
+    assert.equal(finalJob.kind, 'final-point');
+    assert.equal(finalJob.parentId, started.job.id);
     const [handed] = await core.replication.work(agentId, 0, new AbortController().signal);
-    assert.equal(handed?.id, started.job.id);
-    assert.equal(handed?.shutdown, 'systemctl stop app', 'the agent is told to stop the workload first');
-    assert.equal(handed?.consistency, 'app');
+    assert.equal(handed?.id, finalJob.id);
+    assert.ok(handed?.kind === 'replicate');
+    assert.equal(handed.shutdown, 'systemctl stop app', 'the agent is told to stop the workload first');
+    assert.equal(handed.consistency, 'app');
 
     const last = randomBytes(DISK_BYTES); // what the disk holds once the workload stopped
-    const finalPoint = await runCycle(started.job.id, last, 'app');
+    const finalPoint = await runCycle(finalJob.id, last, 'app');
     await core.failovers.advance();
     const view = await core.machines.view('vm');
     assert.equal(view.failover?.state, 'writing');
@@ -125,15 +130,19 @@ describe('failover', () => {
     assert.equal(after.state, 'failed-over');
     assert.equal(after.failover?.pointId, finalPoint);
     assert.deepEqual(await failedOverDisk(), last);
+    const operation = await core.jobs.view(started.job.id);
+    assert.equal(operation.state, 'succeeded', 'the operation job ends with the failover');
+    assert.equal((operation.result as { pointId: string }).pointId, finalPoint);
   });
 
   test('planned: a final point that fails rolls the machine back to protected, and says why', async (t) => {
     const { core, agentId } = await protectedMachine(t);
     await core.machines.update('vm', { shutdownCommand: 'false' });
     const started = await core.failovers.request('vm', 'planned', 'latest');
-    await core.replication.start(agentId, started.job.id);
-    await core.replication.fail(agentId, started.job.id, { code: 'hook-failed', message: 'shutdown command exited with 1', retryable: false });
+    await core.replication.start(agentId, started.failover.jobId);
+    await core.replication.fail(agentId, started.failover.jobId, { code: 'hook-failed', message: 'shutdown command exited with 1', retryable: false });
     await core.failovers.advance();
+    assert.equal((await core.jobs.view(started.job.id)).state, 'failed', 'the operation job fails with its step');
     const view = await core.machines.view('vm');
     assert.equal(view.state, 'protected');
     assert.equal(view.failover, null);

@@ -148,7 +148,7 @@ test('pause stops new points (scheduled or asked for) and keeps the old ones; re
   assert.equal(paused.replication.state, 'paused');
   assert.equal(paused.health.level, 'warning');
   await assert.rejects(core.points.request('vm'), /paused; run `ferry resume vm` first/);
-  await assert.rejects(core.machines.setPaused('vm', true), /is paused; cannot pause \(allowed there: resume, failover, migrate\)/);
+  await assert.rejects(core.machines.setPaused('vm', true), /is paused; cannot pause \(allowed there: resume, failover, migrate, failback\)/);
   await advance(2 * 3600_000);
   await scheduler.tick();
   assert.equal((await activeJobs()).length, 0, 'nothing scheduled while paused');

@@ -1,13 +1,17 @@
 /**
  * Routes agents call: register, poll for work (the heartbeat), report job progress or failure,
- * upload chunks and indexes, commit a point. Chunk and index bodies are application/octet-stream.
+ * upload chunks and indexes, commit a point; and for an `apply-point` job, read the point's indexes and
+ * chunks and report it done. Chunk and index bodies are application/octet-stream.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { FerryError } from '../../errors.js';
 import type { FerryCore } from '../../orchestration/core.js';
 import { decodeChunkBatch } from '../../protocol/chunk-batch.js';
 import {
+  applyCompleteRequest,
   commitPointRequest,
+  jobDiskParam,
+  readChunksRequest,
   jobFailRequest,
   jobIdParam,
   jobProgressRequest,
@@ -54,6 +58,21 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
   });
   app.post('/api/v1/agent/jobs/:id/fail', agentOnly, async (request) =>
     core.replication.fail((await agentOf(request)).id, jobId(request.params), parse(jobFailRequest, request.body, 'failure report')),
+  );
+
+  // An `apply-point` job (reprotect, failback): the point's index per disk, its chunks, and the report.
+  app.get('/api/v1/agent/jobs/:id/disks/:position/index', agentOnly, async (request, reply) => {
+    const { id, position } = parse(jobDiskParam, request.params, 'job disk');
+    const index = await core.replication.applyIndex((await agentOf(request)).id, id, position);
+    return reply.type('application/octet-stream').send(index);
+  });
+  app.post('/api/v1/agent/jobs/:id/chunks/read', agentOnly, async (request, reply) => {
+    const { hashes } = parse(readChunksRequest, request.body, 'chunk read');
+    const batch = await core.replication.readChunks((await agentOf(request)).id, jobId(request.params), hashes);
+    return reply.type('application/octet-stream').send(Buffer.concat(batch));
+  });
+  app.post('/api/v1/agent/jobs/:id/complete', agentOnly, async (request) =>
+    core.replication.completeApply((await agentOf(request)).id, jobId(request.params), parse(applyCompleteRequest, request.body, 'apply report')),
   );
 
   app.post('/api/v1/chunks/missing', agentOnly, async (request) => {

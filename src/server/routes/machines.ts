@@ -1,7 +1,16 @@
-/** Routes for machines: status, settings, protection, points, test failover, failover, commit and migration (admin). */
+/** Routes for machines: status, settings, protection, points, test failover, failover, commit, migration, reprotect and failback (admin). */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
-import { createPointRequest, failoverRequest, listPointsQuery, nameParam, protectRequest, testFailoverRequest, updateMachineRequest } from '../../protocol/requests.js';
+import {
+  createPointRequest,
+  failoverRequest,
+  listPointsQuery,
+  nameParam,
+  protectRequest,
+  reprotectRequest,
+  testFailoverRequest,
+  updateMachineRequest,
+} from '../../protocol/requests.js';
 import { parse } from '../http-errors.js';
 
 export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
@@ -43,6 +52,13 @@ export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
     return reply.status(202).send(await core.failovers.request(machineName(request.params), body.mode, body.point));
   });
   app.post('/api/v1/machines/:name/commit', async (request) => core.failovers.commit(machineName(request.params)));
+
+  app.post('/api/v1/machines/:name/reprotect', async (request, reply) =>
+    reply.status(202).send(await core.reprotections.request(machineName(request.params), parse(reprotectRequest, request.body ?? {}, 'reprotect request'))),
+  );
+  app.post('/api/v1/machines/:name/failback', async (request, reply) =>
+    reply.status(202).send(await core.failovers.request(machineName(request.params), 'failback', 'latest')),
+  );
 
   app.post('/api/v1/machines/:name/migrate', async (request, reply) =>
     reply.status(202).send(await core.failovers.request(machineName(request.params), 'migrate', 'latest')),
