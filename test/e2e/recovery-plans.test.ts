@@ -154,3 +154,41 @@ test('a plan of three groups: test failover in group order, manual step across a
   assert.deepEqual(await ferryJson(server, ['plan', 'delete', 'all']), { plan: 'all', deleted: true });
   assert.deepEqual((await ferryJson<{ plans: PlanView[] }>(server, ['plan', 'list'])).plans.map((each) => each.name), ['dr']);
 });
+
+test('a whole DR round trip on a plan: planned failover, commit, reprotect, failback, commit, reprotect', { timeout: 240_000 }, async (t) => {
+  const root = await tempDir(t);
+  const names = ['web-02', 'db-02'];
+  const disks: Record<string, string[]> = {};
+  for (const name of names) disks[name] = [await ext4Disk(root, name, 8, { 'etc/hostname': `${name}\n` })];
+  const server = await startServer(t, path.join(root, 'server'));
+  await connectAgent(t, server, root, disks);
+  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
+  for (const name of names) {
+    await ferryJson(server, ['protect', name, '--site', 'dr', '--wait']);
+    await ferryJson(server, ['machine', 'set', name, '--shutdown', 'true', '--recovery-shutdown', 'true']);
+  }
+  await ferryJson(server, ['plan', 'create', 'trip', '--group', 'db-02', '--group', 'web-02']);
+  const { operations } = await ferryJson<{ operations: PlanOperationView[] }>(server, ['plan', 'operations']);
+  assert.deepEqual(operations.filter((operation) => !operation.available), [], 'every operation is available');
+
+  const states = async () => Promise.all(names.map(async (name) => (await ferryJson<MachineView>(server, ['status', name])).state));
+  const directions = async () => Promise.all(names.map(async (name) => (await ferryJson<MachineView>(server, ['status', name])).direction));
+  for (const [operation, expected, direction] of [
+    ['planned-failover', 'failed-over', 'forward'],
+    ['commit', 'committed', 'forward'],
+    ['reprotect', 'protected', 'reverse'],
+    ['failback', 'failed-back', 'reverse'],
+    ['commit', 'committed', 'reverse'],
+    ['reprotect', 'protected', 'forward'],
+  ] as const) {
+    const ran = await ferryJson<{ run: PlanRunView; job: JobView }>(server, ['plan', 'run', 'trip', operation, '--wait']);
+    assert.equal(ran.run.state, 'succeeded', `${operation}: ${ran.run.error}`);
+    // One child job per machine, each the operation's own job, ended when the operation did.
+    const children = ran.run.steps.flatMap((step) => step.items ?? []);
+    assert.equal(children.length, 2);
+    for (const child of children) assert.equal((await ferryJson<JobView>(server, ['job', 'show', child.jobId!])).parentId, ran.run.jobId);
+    assert.deepEqual(await states(), [expected, expected], `after ${operation}`);
+    assert.deepEqual(await directions(), [direction, direction], `direction after ${operation}`);
+  }
+  for (const name of names) assert.ok((await ferryJson<MachineView>(server, ['status', name])).failover === null, 'the round trip is over');
+});

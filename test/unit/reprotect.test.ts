@@ -25,11 +25,20 @@ const signal = new AbortController().signal;
 /** A core with machine 'vm' protected by 'source-agent', failed over (unplanned) and committed; 'dr-agent' can read the recovery site. */
 async function committedFailover(t: TestContext) {
   const parent = await makeTempDir('ferry-reprotect-');
-  const core = await FerryCore.create({ dataDir: path.join(parent, 'data'), log: pino({ level: 'silent' }) });
+  const open = () => FerryCore.create({ dataDir: path.join(parent, 'data'), log: pino({ level: 'silent' }) });
+  const cores = { current: await open() };
+  const core = cores.current;
   t.after(async () => {
-    await core.stop();
+    await cores.current.stop();
     await fs.rm(parent, { recursive: true, force: true });
   });
+  /** Stops the core as a crash would leave it (no step advanced) and opens a new one on the same data, started. */
+  const restart = async () => {
+    await cores.current.stop();
+    cores.current = await open();
+    cores.current.start();
+    return cores.current;
+  };
   const register = async (agentName: string, machines: { name: string; disks: { path: string; sizeBytes: number; error: null }[] }[]) => {
     const token = await core.tokens.create('agent');
     return (await core.machines.registerAgent(await core.tokens.authenticate(token.token), { agentName, machines })).agentId;
@@ -100,7 +109,7 @@ async function committedFailover(t: TestContext) {
   await core.failovers.runWrite(await core.jobs.get(failover.job.id));
   await core.failovers.commit('vm');
   const failedOverDisk = (await core.machines.view('vm')).failover!.disks[0]!.path;
-  return { core, parent, sitePath, sourceAgent, recoveryAgent, original, failedOverDisk, runCycle, handedTo, runApply };
+  return { core, parent, sitePath, sourceAgent, recoveryAgent, original, failedOverDisk, runCycle, handedTo, runApply, restart };
 }
 
 describe('reprotect and failback', () => {
@@ -229,6 +238,20 @@ describe('reprotect and failback', () => {
     assert.equal((await core.jobs.view(view.reprotect!.jobId)).state, 'failed');
     const again = await core.reprotections.request('vm', { agent: 'dr-agent' });
     assert.equal(again.reprotect.state, 'replicating');
+  });
+
+  test('a restart between steps resumes the reprotect where it stopped', async (t) => {
+    const { core, recoveryAgent, sourceAgent, original, runCycle, handedTo, restart } = await committedFailover(t);
+    const started = await core.reprotections.request('vm', { agent: 'dr-agent' });
+    await runCycle(recoveryAgent, (await handedTo(recoveryAgent)).id, original); // the first point, not yet advanced
+    assert.equal((await core.machines.view('vm')).reprotect?.state, 'replicating');
+    const restarted = await restart();
+    const deadline = Date.now() + 10_000;
+    while ((await restarted.machines.view('vm')).reprotect?.state !== 'applying' && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal((await restarted.machines.view('vm')).reprotect?.state, 'applying', 'the start-up pass queued the apply step');
+    const [apply] = await restarted.replication.work(sourceAgent, 0, signal);
+    assert.equal(apply?.kind, 'apply-point');
+    assert.equal((await restarted.jobs.view(apply!.id)).parentId, started.job.id);
   });
 
   test('an apply job reads only its own point\'s chunks, and only while running', async (t) => {
