@@ -342,7 +342,11 @@ export class Failovers {
     if (applyJob.state === 'queued' || applyJob.state === 'running') return;
     const machine = await this.machines.getById(row.machine_id);
     if (applyJob.state !== 'succeeded') {
-      await this.rollBack(machine, row, `writing the source site's disks failed (${applyJob.error_message ?? applyJob.state}); they may be partly written, and the next failback rewrites what differs`);
+      await this.rollBack(
+        machine,
+        row,
+        `writing the source site's disks failed (${applyJob.error_message ?? applyJob.state}); they may be partly written, and the next failback rewrites what differs. The recovery shutdown command has stopped the workload at the recovery site: start it there again, or fix the cause and fail back again`,
+      );
       return;
     }
     const { pointId } = JSON.parse(applyJob.params) as { pointId: string };
@@ -383,7 +387,13 @@ export class Failovers {
     const machine = await this.machines.getById(row.machine_id);
     if (finalJob.state !== 'succeeded') {
       const why = finalJob.error_message ?? finalJob.state;
-      await this.rollBack(machine, row, `the final point failed (${why}); the shutdown command may have stopped the workload: start it again, or fail over --unplanned`);
+      await this.rollBack(
+        machine,
+        row,
+        row.kind === 'failback'
+          ? `the final point failed (${why}); the recovery shutdown command may have stopped the workload at the recovery site: start it there again`
+          : `the final point failed (${why}); the shutdown command may have stopped the workload: start it again, or fail over --unplanned`,
+      );
       return;
     }
     const { pointId } = parseJsonColumn<{ pointId?: string }>(finalJob.result, {});

@@ -13,7 +13,7 @@ import type { JobRow } from '../db/schema.js';
 import { type CoreContext, parseJsonColumn } from './context.js';
 import { replicationJobKinds } from './jobs.js';
 import { failoverView } from './failover.js';
-import { reprotectView } from './reprotect.js';
+import { reprotectView, SITE_AGENT_NAME } from './reprotect.js';
 import { type MachineState, machineTransitions, nextState, replicatingMachineStates } from './lifecycle.js';
 import type { Principal } from './tokens.js';
 
@@ -40,6 +40,11 @@ export class Machines {
   async registerAgent(principal: Principal, request: RegisterAgentRequest): Promise<RegisterAgentResponse> {
     const now = this.context.now();
     return this.context.db.transaction().execute(async (db) => {
+      // The server's own site agent is trusted to read recovery sites for reprotect: its name is reserved.
+      if (request.agentName === SITE_AGENT_NAME) {
+        const token = await db.selectFrom('tokens').select('name').where('id', '=', principal.tokenId).executeTakeFirst();
+        if (token?.name !== SITE_AGENT_NAME) throw new FerryError('forbidden', `the agent name '${SITE_AGENT_NAME}' is reserved for the server's own site agent`);
+      }
       let agent = await db.selectFrom('agents').selectAll().where('name', '=', request.agentName).executeTakeFirst();
       if (agent && agent.token_id !== principal.tokenId) {
         throw new FerryError('conflict', `agent '${request.agentName}' is registered with another token; give this agent another --name or its own token`);
@@ -102,9 +107,18 @@ export class Machines {
           await db.deleteFrom('disks').where('machine_id', '=', row.id).where('position', '>=', machine.disks.length).execute();
         }
         const disks: RegisterAgentResponse['machines'][number]['disks'] = [];
+        // Disks a reprotect moved (`--disk-path`) stay where it put them until the agent is told so.
+        const reprotect = await db.selectFrom('reprotections').select(['targets', 'state']).where('machine_id', '=', row.id).where('direction', '=', 'reverse').executeTakeFirst();
+        const movedTo = reprotect?.state === 'done' ? parseJsonColumn<{ position: number; path: string }[]>(reprotect.targets, []) : [];
         for (const [position, disk] of machine.disks.entries()) {
           const existing = await db.selectFrom('disks').selectAll().where('machine_id', '=', row.id).where('position', '=', position).executeTakeFirst();
           const id = existing?.id ?? newId('d');
+          if (existing && existing.path !== disk.path && movedTo.some((target) => target.position === position && target.path === existing.path)) {
+            const message = `the agent reports disk ${position} of '${machine.name}' at ${disk.path}, but a reprotect moved it to ${existing.path}: restart the agent with --machine ${machine.name}=<the new paths>`;
+            await db.updateTable('machines').set({ replication_error_code: 'disks-changed', replication_error: message, updated_at: now }).where('id', '=', row.id).execute();
+            disks.push({ id, position, path: existing.path });
+            continue;
+          }
           if (existing) {
             await db.updateTable('disks').set({ path: disk.path, size_bytes: disk.sizeBytes, error: disk.error }).where('id', '=', id).execute();
           } else {

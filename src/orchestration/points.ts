@@ -39,6 +39,10 @@ export class Points {
     const machine = await db.selectFrom('machines').selectAll().where('id', '=', machineId).executeTakeFirstOrThrow();
     const existing = await this.jobs.activeFor(machine.id, replicationJobKinds, db);
     if (existing) return jobView(existing, machine.name);
+    // Checked again here, in the transaction: the caller read the state earlier (the scheduler's list).
+    if (!replicatingMachineStates.includes(machine.state as MachineState)) {
+      throw new FerryError('conflict', `machine '${machine.name}' is ${machine.state}; points are taken only while it is protecting or protected`);
+    }
     // A reprotect's first point is the initial replication of the new direction.
     const kind: JobKind = machine.state === 'protecting' || machine.state === 'reprotecting' ? 'initial-replication' : 'point';
     const policy = machine.policy_id
@@ -74,6 +78,7 @@ export class Points {
    */
   async commit(agentId: string, request: CommitPointRequest): Promise<PointView> {
     const job = await this.jobs.forAgent(request.jobId, agentId);
+    if (!replicationJobKinds.includes(job.kind as JobKind)) throw new FerryError('invalid-request', `job ${job.id} is a ${job.kind} job: only a replication job commits a point`);
     const machine = await this.machines.getById(job.machine_id!);
     const already = await this.context.db.selectFrom('points').select('id').where('job_id', '=', job.id).executeTakeFirst();
     if (already) return this.view(already.id);

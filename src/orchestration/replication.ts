@@ -18,6 +18,9 @@ import type { Points } from './points.js';
 import type { Policies } from './policies.js';
 import type { Sites } from './sites.js';
 
+/** Most chunk bytes one `chunks/read` request may ask for (the answer is held in memory whole). */
+const MAX_READ_BYTES = 32 * 1024 * 1024;
+
 /** Protection and the agent-facing half of replication. */
 export class Replication {
   /** Chunk names of the points `apply-point` jobs are reading, by job (see `chunksOfPoint`). */
@@ -110,13 +113,20 @@ export class Replication {
     await this.jobs.progress(jobId, progress);
   }
 
-  /** The agent gave up on a job: the job fails and the machine shows the error until a point succeeds. */
+  /**
+   * The agent gave up on a job: the job fails. A replication job's error shows on the machine until a
+   * point succeeds; an `apply-point` job's failure is its operation's to report (reprotect, failback).
+   */
   async fail(agentId: string, jobId: string, failure: JobFailRequest): Promise<JobView> {
     const job = await this.jobs.forAgent(jobId, agentId);
     // Already ended: failed before (a retried report), or cancelled by an operator while the agent worked.
     if (job.state === 'failed' || job.state === 'cancelled' || job.state === 'succeeded') return this.jobs.view(jobId);
     await this.jobs.transition(jobId, 'fail', { error: failure });
     const machine = await this.machines.getById(job.machine_id!);
+    if (job.kind === 'apply-point') {
+      await this.events.record({ machineId: machine.id, severity: 'error', code: failure.code, message: `${machine.name}: writing a point to its source site's disks failed: ${failure.message}` });
+      return this.jobs.view(jobId);
+    }
     await this.machines.setReplicationError(machine.id, { code: failure.code, message: failure.message });
     await this.events.record({ machineId: machine.id, severity: 'error', code: failure.code, message: `${machine.name}: replication failed: ${failure.message}` });
     return this.jobs.view(jobId);
@@ -142,6 +152,10 @@ export class Replication {
     const job = await this.applyJob(agentId, jobId);
     if (job.row.state !== 'running') throw new FerryError('conflict', `job ${jobId} is ${job.row.state}; start it before reading chunks`);
     const allowed = await this.chunksOfPoint(jobId, job.pointDisks.map((disk) => disk.index_hash));
+    const largestChunk = Math.max(...job.pointDisks.map((disk) => disk.chunk_size));
+    if (hashes.length * largestChunk > MAX_READ_BYTES) {
+      throw new FerryError('invalid-request', `ask for at most ${Math.floor(MAX_READ_BYTES / largestChunk)} chunks of ${largestChunk} bytes per request (${MAX_READ_BYTES} bytes)`);
+    }
     const foreign = hashes.find((hash) => !allowed.has(hash));
     if (foreign) throw new FerryError('forbidden', `chunk ${foreign} is not part of point ${job.pointId}, which job ${jobId} applies`);
     const chunks = await this.context.store.getChunks(hashes);
@@ -211,14 +225,20 @@ export class Replication {
     const source = await this.machines.replicationSource(machine);
     const parsed = JSON.parse(job.params) as { chunkSize?: number; consistency?: 'app' | 'crash'; shutdown?: boolean };
     const chunkSize = Number(parsed.chunkSize) || this.context.options.chunkSize;
-    // In reverse the workload runs at the recovery site: a failback's final point stops it there.
-    const shutdown = machine.direction === 'reverse' ? machine.recovery_shutdown_command : machine.shutdown_command;
+    // In reverse the workload runs at the recovery site: a failback's final point stops it there. The
+    // hooks are the source machine's commands: they are never run by the agent reading the recovery site
+    // (the server's site agent would run them on the server's host), so reverse points carry no app label
+    // from hooks, only what a snapshot or a stopped workload gives them.
+    const reverse = machine.direction === 'reverse';
+    const shutdown = reverse ? machine.recovery_shutdown_command : machine.shutdown_command;
     return {
       id: job.id,
       kind: 'replicate',
       machine: { id: machine.id, name: machine.name },
       disks: source.disks,
-      hooks: { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
+      hooks: reverse
+        ? { prePoint: null, postPoint: null, timeoutSeconds: machine.hook_timeout_seconds }
+        : { prePoint: machine.pre_point_command, postPoint: machine.post_point_command, timeoutSeconds: machine.hook_timeout_seconds },
       consistency: parsed.consistency ?? 'app',
       chunkSize,
       ...(parsed.shutdown ? { shutdown } : {}),

@@ -106,6 +106,12 @@ export class Reprotections {
         if (!path.isAbsolute(override.path)) throw new FerryError('invalid-request', `disk path '${override.path}' must be absolute`);
         target.path = override.path;
       }
+      // Two disks written into one file, or a source disk written over a recovered one, would lose data.
+      const paths = targets.map((target) => path.resolve(target.path));
+      const twice = paths.find((each, position) => paths.indexOf(each) !== position);
+      if (twice) throw new FerryError('invalid-request', `two disks of '${machineName}' would be written to ${twice}: give each disk its own path`);
+      const recovered = paths.find((each) => recoveryDisks.some((disk) => path.resolve(disk.path) === each));
+      if (recovered) throw new FerryError('invalid-request', `${recovered} is a failed-over disk at the recovery site: a source disk cannot be written over it`);
     } else {
       if (request.agent || request.diskPaths?.length) {
         throw new FerryError('invalid-request', `${subject} goes back to replicating forward, read by its own agent from its source disks: --agent and --disk-path apply only when reprotecting from the recovery site`);
@@ -179,7 +185,10 @@ export class Reprotections {
 
   private async advanceAll(): Promise<void> {
     const rows = await this.context.db.selectFrom('reprotections').selectAll().where('state', 'in', ['replicating', 'applying']).execute();
-    for (const row of rows) await this.advanceOne(row);
+    for (const row of rows) {
+      // One reprotect that cannot move (a bug, a row edited by hand) must not hold up the others.
+      await this.advanceOne(row).catch((error: unknown) => this.context.log.error({ err: error, machineId: row.machine_id }, 'reprotect could not advance'));
+    }
   }
 
   private async advanceOne(row: ReprotectionRow): Promise<void> {
@@ -226,6 +235,8 @@ export class Reprotections {
     const machine = await this.machines.getById(row.machine_id);
     const targets = parseJsonColumn<Target[]>(row.targets, []);
     const staleRecoveryDisks = row.direction === 'forward' ? (await this.machines.disksOf(machine.id)).map((disk) => disk.recovery_path).filter((each): each is string => each !== null) : [];
+    // Removed before the record forgets where they are: a crash in between removes them again at restart.
+    const removed = staleRecoveryDisks.length > 0 ? await this.removeRecoveryDisks(machine.name, machine.site_id, staleRecoveryDisks) : '';
     const finished = await this.context.db.transaction().execute(async (db) => {
       const current = await db.selectFrom('reprotections').select('state').where('machine_id', '=', row.machine_id).executeTakeFirst();
       if (current?.state !== row.state) return false;
@@ -244,12 +255,13 @@ export class Reprotections {
         .set({ state: this.next(row, row.direction === 'forward' ? 'finished' : 'applied'), point_id: pointId, result: JSON.stringify(outcome), updated_at: now })
         .where('machine_id', '=', machine.id)
         .execute();
-      await this.jobs.transition(row.operation_job_id, 'succeed', { result: { machine: machine.name, direction: row.direction, pointId, ...outcome } }, db);
+      const operation = await this.jobs.get(row.operation_job_id, db);
+      if (operation.state === 'running' || operation.state === 'queued') {
+        await this.jobs.transition(operation.id, 'succeed', { result: { machine: machine.name, direction: row.direction, pointId, ...outcome } }, db);
+      }
       return true;
     });
     if (!finished) return;
-    let removed = '';
-    if (staleRecoveryDisks.length > 0) removed = await this.removeRecoveryDisks(machine.name, machine.site_id, staleRecoveryDisks);
     await this.events.record({
       machineId: machine.id,
       severity: 'info',

@@ -66,7 +66,8 @@ export class Scheduler {
         machine.last_point_at === null ||
         now() - machine.last_point_at >= interval_seconds * 1000 ||
         machine.replication_error !== null;
-      if (due && !lastAttemptFailedRecently) await this.points.ensureReplicationJob(machine.id);
+      // A machine that left the replicating states since the list was read (a failover) is refused: skip it.
+      if (due && !lastAttemptFailedRecently) await this.points.ensureReplicationJob(machine.id).catch((error: unknown) => this.context.log.debug({ err: error, machine: machine.name }, 'no point queued'));
       await this.points.expire(machine, retentionRulesOf({ retention_seconds, keep_all_seconds, hourly_seconds, app_retention_seconds }));
     }
     await this.recordHealthChanges();

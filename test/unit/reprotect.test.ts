@@ -120,6 +120,7 @@ describe('reprotect and failback', () => {
     // Reverse: the recovery agent reads the failed-over disk, where one chunk changed since the failover.
     const atRecovery = Buffer.from(original);
     randomBytes(CHUNK).copy(atRecovery, CHUNK);
+    await core.machines.update('vm', { prePointCommand: 'fsfreeze -f /srv', postPointCommand: 'fsfreeze -u /srv' });
     const started = await core.reprotections.request('vm', { agent: 'dr-agent' });
     assert.equal(started.job.kind, 'reprotect');
     assert.equal(started.reprotect.direction, 'reverse');
@@ -127,6 +128,7 @@ describe('reprotect and failback', () => {
     const first = await handedTo(recoveryAgent);
     assert.ok(first.kind === 'replicate');
     assert.equal(first.disks[0]!.path, failedOverDisk, 'the recovery agent reads the failed-over disk');
+    assert.deepEqual([first.hooks.prePoint, first.hooks.postPoint], [null, null], "the source machine's hooks never run at the recovery site");
     assert.equal((await core.jobs.view(first.id)).parentId, started.job.id);
     const reversePoint = await runCycle(recoveryAgent, first.id, atRecovery, 'app');
     await core.reprotections.advance();
@@ -219,6 +221,48 @@ describe('reprotect and failback', () => {
     assert.equal(apply.disks[0]!.path, moved);
     await runApply(apply, Buffer.alloc(DISK_BYTES));
     assert.equal((await core.machines.view('vm')).disks[0]!.path, moved);
+
+    // The source agent restarting with its old configuration does not move the disk back silently.
+    const agentToken = await core.context.db.selectFrom('agents').select('token_id').where('id', '=', sourceAgent).executeTakeFirstOrThrow();
+    const record = (await core.reprotections.view((await core.machines.get('vm')).id))!;
+    assert.equal(record.targets[0]!.path, moved);
+    await core.machines.registerAgent({ tokenId: agentToken.token_id, role: 'agent' }, { agentName: 'source-agent', machines: [{ name: 'vm', disks: [{ path: path.join(parent, 'source', 'vm.img'), sizeBytes: DISK_BYTES, error: null }] }] });
+    const view = await core.machines.view('vm');
+    assert.equal(view.disks[0]!.path, moved);
+    assert.match(view.replication.error?.message ?? '', /a reprotect moved it to .*vm-new\.img: restart the agent/);
+  });
+
+  test('a source disk cannot be written over a failed-over one', async (t) => {
+    const { core, failedOverDisk } = await committedFailover(t);
+    await assert.rejects(core.reprotections.request('vm', { agent: 'dr-agent', diskPaths: [{ position: 0, path: failedOverDisk }] }), ferryError('invalid-request', ['is a failed-over disk']));
+    assert.equal((await core.machines.view('vm')).state, 'committed', 'nothing changed');
+  });
+
+  test('a failback whose write fails rolls back to protected in reverse, and says to restart the workload', async (t) => {
+    const { core, sourceAgent, recoveryAgent, original, runCycle, handedTo, runApply } = await committedFailover(t);
+    await core.reprotections.request('vm', { agent: 'dr-agent' });
+    await runCycle(recoveryAgent, (await handedTo(recoveryAgent)).id, original);
+    await core.reprotections.advance();
+    await runApply(await handedTo(sourceAgent), original);
+    await core.machines.update('vm', { recoveryShutdownCommand: 'true' });
+    const failback = await core.failovers.request('vm', 'failback', 'latest');
+    await runCycle(recoveryAgent, (await handedTo(recoveryAgent)).id, original, 'app');
+    await core.failovers.advance();
+    const write = await handedTo(sourceAgent);
+    await core.replication.start(sourceAgent, write.id);
+    await assert.rejects(
+      core.points.commit(sourceAgent, { jobId: write.id, takenAt: Date.now(), consistency: 'crash', note: null, disks: [] }),
+      ferryError('invalid-request', ['apply-point job: only a replication job commits a point']),
+    );
+    await core.replication.fail(sourceAgent, write.id, { code: 'io-error', message: 'disk full', retryable: true });
+    await core.failovers.advance();
+    const view = await core.machines.view('vm');
+    assert.equal(view.state, 'protected');
+    assert.equal(view.direction, 'reverse');
+    assert.equal(view.replication.error, null, 'a failed write home is not a replication error');
+    const operation = await core.jobs.view(failback.job.id);
+    assert.equal(operation.state, 'failed');
+    assert.match(operation.error?.message ?? '', /disk full.*start it there again/);
   });
 
   test('a failed step rolls back to committed in the old direction; reprotect can run again', async (t) => {
@@ -277,6 +321,12 @@ describe('reprotect and failback', () => {
     await assert.rejects(core.reprotections.request('bare'), ferryError('conflict', ["machine 'bare' is unprotected", 'cannot reprotect']));
     await assert.rejects(core.reprotections.request('vm'), ferryError('conflict', ["site agent ('ferry-site-agent') has not registered", '--agent']), 'without the server, name the agent');
     await assert.rejects(core.reprotections.request('vm', { agent: 'nobody' }), ferryError('not-found'));
+    const squatter = await core.tokens.create('agent');
+    await assert.rejects(
+      core.machines.registerAgent(await core.tokens.authenticate(squatter.token), { agentName: 'ferry-site-agent', machines: [] }),
+      ferryError('forbidden', ['reserved']),
+      "no other agent can pose as the server's site agent",
+    );
     await assert.rejects(core.failovers.request('vm', 'failback', 'latest'), ferryError('conflict', ["machine 'vm' is committed", 'cannot failback', 'allowed there: reprotect']));
     await core.reprotections.request('vm', { agent: 'dr-agent' });
     await assert.rejects(core.reprotections.request('vm', { agent: 'dr-agent' }), ferryError('conflict', ['is reprotecting', 'cannot reprotect']));
