@@ -10,7 +10,7 @@
 import os from 'node:os';
 import { ApiClient, withRetry } from '../client/api-client.js';
 import { asFerryError } from '../errors.js';
-import { probeDiskSize } from '../disks/disk-source.js';
+import { probeDiskImage } from '../disks/formats.js';
 import { nextState, type TransitionTable } from '../orchestration/lifecycle.js';
 import type { AgentJob, RegisterAgentResponse, WorkResponse } from '../protocol/views.js';
 import { createLogger, type Logger } from '../util/logger.js';
@@ -116,7 +116,8 @@ export class Agent {
         disks: await Promise.all(
           machine.disks.map(async (diskPath) => {
             try {
-              return { path: diskPath, sizeBytes: await probeDiskSize(diskPath), error: null };
+              // An image file (VMDK, VHD, VHDX, qcow2) is replicated as the virtual disk it holds.
+              return { path: diskPath, sizeBytes: (await probeDiskImage(diskPath)).size, error: null };
             } catch (error) {
               this.log.error({ disk: diskPath }, (error as Error).message);
               return { path: diskPath, sizeBytes: null, error: (error as Error).message };

@@ -20,6 +20,7 @@ import type { ApplyPointJob, JobView } from '../protocol/views.js';
 import { hashChunk, isAllZero } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
 import { probeDiskSize } from '../disks/disk-source.js';
+import { sniffDiskFormat } from '../disks/formats.js';
 import { ensureDirectory, fsyncDirectory, writeAllAt } from '../util/durable-fs.js';
 import type { Logger } from '../util/logger.js';
 import type { AgentState } from './agent-state.js';
@@ -153,6 +154,11 @@ async function fitTarget(handle: fs.FileHandle, target: string, diskSize: number
   }
   if (!stat.isFile()) {
     throw new FerryError('invalid-request', `${target} is neither a regular file nor a block device: a point's disk cannot be written to it`, { details: { path: target } });
+  }
+  // Writing the virtual disk's bytes into a VMDK, VHD(X) or qcow2 file would destroy the image.
+  const format = stat.size > 0 ? await sniffDiskFormat(target) : 'raw';
+  if (format !== 'raw') {
+    throw new FerryError('invalid-request', `${target} is a ${format} image: a point is written back only to raw disks and devices; reprotect with --disk-path to a raw file instead`, { details: { path: target, format } });
   }
   if (stat.size !== diskSize) await ioStep(target, 'resize', () => handle.truncate(diskSize));
 }

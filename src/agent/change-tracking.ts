@@ -11,6 +11,7 @@
  * Hypervisor changed-block tracking (QEMU dirty bitmaps) will add a tracker that answers with ranges.
  */
 import { promises as fs } from 'node:fs';
+import { probeDiskImage } from '../disks/formats.js';
 
 /** What a tracker remembers about a disk as of a capture, kept with the committed index. */
 export interface TrackerMark {
@@ -62,8 +63,14 @@ export const fileChangeTime: ChangeTracker = {
   },
 };
 
-/** The tracker for a disk: the ctime path for image files, a full scan for anything else. */
+/**
+ * The tracker for a disk: the ctime path for image files whose data is all in that one file, a full scan
+ * for anything else (block devices, and images that read other files: a VMDK descriptor's extents, a
+ * differencing VHD's parents, whose changes the descriptor's ctime does not show).
+ */
 export async function trackerFor(diskPath: string): Promise<ChangeTracker> {
   const stat = await fs.stat(diskPath).catch(() => null);
-  return stat?.isFile() ? fileChangeTime : fullScan;
+  if (!stat?.isFile()) return fullScan;
+  const image = await probeDiskImage(diskPath).catch(() => null);
+  return image?.oneFile ? fileChangeTime : fullScan;
 }

@@ -21,7 +21,8 @@ import type { Consistency, PointView, ReplicateJob } from '../protocol/views.js'
 import { blockCountOf } from '../store/chunk-delta.js';
 import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
-import { type DiskSource, openRawDisk } from '../disks/disk-source.js';
+import type { DiskSource } from '../disks/disk-source.js';
+import { openDiskImage, probeDiskImage } from '../disks/formats.js';
 import type { Logger } from '../util/logger.js';
 import type { AgentState } from './agent-state.js';
 import { BlockFingerprints } from './block-fingerprints.js';
@@ -62,8 +63,8 @@ export async function replicateMachine(job: ReplicateJob, deps: ReplicationDeps)
   const startBody = await jobStartBody(job, deps.state); // whether this cycle is a resync, and why
   await call(() => deps.client.post(`/agent/jobs/${job.id}/start`, startBody));
 
-  // Fail fast, before any hook runs, if a disk cannot be read.
-  for (const disk of job.disks) await (await openRawDisk(disk.path)).close();
+  // Fail fast, before any hook runs, if a disk cannot be read (or is a damaged image).
+  const images = await Promise.all(job.disks.map((disk) => probeDiskImage(disk.path)));
 
   const hookEnv = { FERRY_MACHINE: job.machine.name, FERRY_JOB: job.id };
   const notes: string[] = [];
@@ -104,12 +105,13 @@ export async function replicateMachine(job: ReplicateJob, deps: ReplicationDeps)
     const marks = await Promise.all(job.disks.map((disk, position) => trackers[position]!.mark(disk.path)));
     snapshot = await snapshotDisks(
       job.disks.map((disk) => disk.path),
-      { jobId: job.id, maxFreezeSeconds: deps.maxFreezeSeconds, agentDataDir: deps.dataDir, log: deps.log },
+      { jobId: job.id, maxFreezeSeconds: deps.maxFreezeSeconds, agentDataDir: deps.dataDir, log: deps.log, imagesSpanOneFile: images.every((image) => image.oneFile) },
     );
     // With a snapshot taken, the machine need not stay quiet while it is read.
     if (snapshot.method !== 'none') await runPostHook();
     if (snapshot.note) notes.push(snapshot.note);
-    for (const readPath of snapshot.readPaths) sources.push(await openRawDisk(readPath));
+    // Image files (VMDK, VHD, VHDX, qcow2) are read through their readers: the virtual disk, not the file.
+    for (const readPath of snapshot.readPaths) sources.push(await openDiskImage(readPath));
     const totalBytes = sources.reduce((total, source) => total + source.size, 0);
     const progress = new ProgressReporter((doneBytes, step) =>
       call(() => deps.client.post(`/agent/jobs/${job.id}/progress`, { doneBytes, totalBytes, step })),

@@ -11,7 +11,7 @@
  */
 import type { JobStartRequest } from '../protocol/requests.js';
 import type { ReplicateJob } from '../protocol/views.js';
-import { probeDiskSize } from '../disks/disk-source.js';
+import { probeDiskImage } from '../disks/formats.js';
 import type { AgentState } from './agent-state.js';
 
 /** Longest reason the server accepts (`jobStartRequest`). */
@@ -41,7 +41,7 @@ export async function resyncReason(job: Pick<ReplicateJob, 'disks' | 'chunkSize'
       add(`the last point was cut in ${previous.chunkSize}-byte chunks, this cycle in ${job.chunkSize}-byte ones`, disk.position);
       continue;
     }
-    const size = await probeDiskSize(disk.path).catch(() => null);
+    const size = await probeDiskImage(disk.path).then((image) => image.size, () => null);
     if (size !== null && size !== previous.diskSize) add(`its size changed from ${previous.diskSize} to ${size} bytes`, disk.position);
   }
   if (disksByReason.size === 0) return null;

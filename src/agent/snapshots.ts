@@ -48,11 +48,16 @@ export interface SnapshotOptions {
   /** The agent's own data directory: a file system holding it is never frozen (the agent would block on itself). */
   agentDataDir: string;
   log: Logger;
+  /** False when some disk is an image that reads other files (see formats.ts `spansOneFile`): no clones then. */
+  imagesSpanOneFile?: boolean;
 }
 
 /** Captures `diskPaths` by the best method available. */
 export async function snapshotDisks(diskPaths: string[], options: SnapshotOptions): Promise<DiskSnapshot> {
   const stats = await Promise.all(diskPaths.map((diskPath) => fs.stat(diskPath)));
+  if (stats.every((stat) => stat.isFile()) && options.imagesSpanOneFile === false) {
+    return live(diskPaths, 'a disk image reads other files too (a VMDK descriptor and its extents, or a differencing chain), which a clone of it would not hold: read live');
+  }
   if (stats.every((stat) => stat.isFile())) {
     const reflink = await tryReflink(diskPaths, options);
     if (reflink) return reflink;

@@ -24,10 +24,11 @@ export function registerAdminCommands(program: Command): void {
     .command('add <name>')
     .description('add a recovery site whose "files" driver writes recovered disks under --path')
     .requiredOption('--path <dir>', 'directory on the server host')
-    .action(async (name: string, options: { path: string }, command: Command) => {
+    .option('--disk-format <format>', 'format failovers write disks in: raw (default), vhd, vhd:fixed (Azure), vhdx, vmdk (streamOptimized), qcow2')
+    .action(async (name: string, options: { path: string; diskFormat?: string }, command: Command) => {
       const cli = CliContext.of(command);
-      const created = await cli.client.post<SiteView>('/sites', { name, driver: 'files', path: path.resolve(options.path) });
-      cli.print(created, (view) => console.log(`site ${view.name} added (${view.driver}: ${view.path})`));
+      const created = await cli.client.post<SiteView>('/sites', { name, driver: 'files', path: path.resolve(options.path), ...(options.diskFormat ? { diskFormat: options.diskFormat } : {}) });
+      cli.print(created, (view) => console.log(`site ${view.name} added (${view.driver}: ${view.path}, disks as ${view.diskFormat})`));
     });
   site
     .command('list')
@@ -35,7 +36,7 @@ export function registerAdminCommands(program: Command): void {
     .action(async (_options: unknown, command: Command) => {
       const cli = CliContext.of(command);
       const { sites } = await cli.client.get<{ sites: SiteView[] }>('/sites');
-      cli.print({ sites }, () => printTable(['NAME', 'DRIVER', 'PATH'], sites.map((s) => [s.name, s.driver, s.path]), 'no sites: add one with `ferry site add NAME --path DIR`'));
+      cli.print({ sites }, () => printTable(['NAME', 'DRIVER', 'PATH', 'DISK FORMAT'], sites.map((s) => [s.name, s.driver, s.path, s.diskFormat]), 'no sites: add one with `ferry site add NAME --path DIR`'));
     });
 
   const policy = program.command('policy').description('replication policies');

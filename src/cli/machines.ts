@@ -1,5 +1,7 @@
-/** `ferry machine`, `ferry protect`, `ferry status`. */
+/** `ferry machine` (list, set, import), `ferry protect`, `ferry status`, `ferry export`. */
 import type { Command } from 'commander';
+import path from 'node:path';
+import { FerryError } from '../errors.js';
 import type { JobView, MachineView } from '../protocol/views.js';
 import { formatDuration, parseDuration } from '../util/duration.js';
 import { CliContext } from './context.js';
@@ -13,6 +15,20 @@ function replicationText(machine: MachineView): string {
   if (machine.replication.state === 'paused') return 'paused';
   if (machine.replication.state === 'error') return `error: ${machine.replication.error?.code}`;
   return 'idle';
+}
+
+/** Parses a memory size for --memory: "4096" (MiB), "512M", "4G"; invalid-request otherwise. */
+export function parseMemoryMiB(value: string): number {
+  const match = /^(\d+)\s*([MG]i?B?)?$/i.exec(value.trim());
+  if (!match) throw new FerryError('invalid-request', `--memory '${value}' must be a size such as 4096, 512M or 4G`);
+  const amount = Number(match[1]);
+  const mebibytes = match[2]?.toUpperCase().startsWith('G') ? amount * 1024 : amount;
+  if (mebibytes < 1) throw new FerryError('invalid-request', `--memory '${value}' must be at least 1 MiB`);
+  return mebibytes;
+}
+
+function collectNic(value: string, previous: { network: string }[] = []): { network: string }[] {
+  return [...previous, { network: value }];
 }
 
 /** One line on a reprotect: direction, state, and once done the bytes it took. */
@@ -41,6 +57,10 @@ function printMachine(machine: MachineView): void {
     ['last point', machine.lastPointAt ? `${machine.lastPointAt} (${formatAge(machine.lastPointAt)})` : null],
     ['RPO', machine.rpoSeconds === null ? null : `${formatDuration(machine.rpoSeconds)} (threshold ${formatDuration(machine.rpoThresholdSeconds ?? 0)})`],
     ['points', machine.pointCount],
+    [
+      'hardware',
+      `${machine.hardware.cpus ?? '?'} CPU, ${machine.hardware.memoryMiB === null ? '?' : `${machine.hardware.memoryMiB} MiB`} memory, NICs: ${machine.hardware.nics.map((nic) => nic.network).join(', ') || 'none'}`,
+    ],
     ['hooks', machine.hooks.prePoint ? `pre: ${machine.hooks.prePoint} | post: ${machine.hooks.postPoint ?? '-'} | timeout ${machine.hooks.timeoutSeconds}s` : 'none'],
     ['shutdown', machine.hooks.shutdown ?? 'none (planned failover needs one)'],
     ['recovery shutdown', machine.hooks.recoveryShutdown ?? 'none (failback needs one)'],
@@ -84,7 +104,10 @@ export function registerMachineCommands(program: Command): void {
     .option('--hook-timeout <duration>', 'how long each hook may run, e.g. 60s')
     .option('--shutdown <command>', 'shell command a planned failover has the agent run to stop the workload; "" removes it')
     .option('--recovery-shutdown <command>', 'shell command a failback has the recovery site\'s agent run to stop the workload there; "" removes it')
-    .action(async (name: string, options: { prePoint?: string; postPoint?: string; hookTimeout?: string; shutdown?: string; recoveryShutdown?: string }, command: Command) => {
+    .option('--cpus <n>', 'virtual CPUs (an OVA export describes them)', (value) => Number(value))
+    .option('--memory <size>', 'memory, e.g. 4G or 4096 (MiB)', parseMemoryMiB)
+    .option('--nic <network>', 'a network adapter attached to NETWORK; repeatable, replaces the list', collectNic)
+    .action(async (name: string, options: { prePoint?: string; postPoint?: string; hookTimeout?: string; shutdown?: string; recoveryShutdown?: string; cpus?: number; memory?: number; nic?: { network: string }[] }, command: Command) => {
       const cli = CliContext.of(command);
       const updated = await cli.client.patch<MachineView>(`/machines/${encodeURIComponent(name)}`, {
         ...(options.prePoint !== undefined ? { prePointCommand: options.prePoint || null } : {}),
@@ -92,8 +115,57 @@ export function registerMachineCommands(program: Command): void {
         ...(options.hookTimeout ? { hookTimeoutSeconds: parseDuration(options.hookTimeout, '--hook-timeout') } : {}),
         ...(options.shutdown !== undefined ? { shutdownCommand: options.shutdown || null } : {}),
         ...(options.recoveryShutdown !== undefined ? { recoveryShutdownCommand: options.recoveryShutdown || null } : {}),
+        ...(options.cpus !== undefined ? { cpus: options.cpus } : {}),
+        ...(options.memory !== undefined ? { memoryMiB: options.memory } : {}),
+        ...(options.nic !== undefined ? { nics: options.nic } : {}),
       });
       cli.print(updated, printMachine);
+    });
+  machine
+    .command('import <path>')
+    .description("register a machine from a VMware .vmx, an .ovf, an .ova or a Hyper-V VM's exported folder on the server; the server replicates its image files (agentless)")
+    .option('--name <name>', "machine name (default: the VM's own)")
+    .option('--cpus <n>', 'virtual CPUs, where the descriptor does not say', (value) => Number(value))
+    .option('--memory <size>', 'memory, e.g. 4G, where the descriptor does not say', parseMemoryMiB)
+    .option('--nic <network>', 'a network adapter; repeatable (replaces what the descriptor says)', collectNic)
+    .action(async (source: string, options: { name?: string; cpus?: number; memory?: number; nic?: { network: string }[] }, command: Command) => {
+      const cli = CliContext.of(command);
+      const result = await cli.client.post<{ import: { machine: string; source: string; disks: { position: number; path: string; format: string; sizeBytes: number }[]; missing: string[] }; machine: MachineView }>(
+        '/machines/import',
+        {
+          path: path.resolve(source),
+          ...(options.name ? { name: options.name } : {}),
+          ...(options.cpus !== undefined ? { cpus: options.cpus } : {}),
+          ...(options.memory !== undefined ? { memoryMiB: options.memory } : {}),
+          ...(options.nic ? { nics: options.nic } : {}),
+        },
+      );
+      cli.print(result, () => {
+        console.log(`${result.import.machine}: imported from ${result.import.source}; protect it with \`ferry protect ${result.import.machine} --site SITE\``);
+        printTable(['#', 'PATH', 'FORMAT', 'SIZE'], result.import.disks.map((disk) => [disk.position, disk.path, disk.format, formatBytes(disk.sizeBytes)]));
+        if (result.import.missing.length > 0) {
+          console.log(`not in the descriptor: ${result.import.missing.join(', ')}; set with \`ferry machine set ${result.import.machine} --cpus N --memory SIZE --nic NETWORK\``);
+        }
+      });
+    });
+
+  program
+    .command('export <machine>')
+    .description("write a recovery point's disks as disk images (raw, vhd, vhd:fixed for Azure, vhdx, vmdk, qcow2) or an OVA, on the server")
+    .requiredOption('--format <format>', 'raw, vhd, vhd:fixed, vhd:dynamic, vhdx, vmdk, qcow2 or ova')
+    .requiredOption('--out <path>', 'the image file (one disk, or the .ova), or a directory (several disks), on the server')
+    .option('--point <point>', 'latest, latest-app, a point id or a time', 'latest')
+    .option('--no-wait', 'return at once with the job')
+    .action(async (name: string, options: { format: string; out: string; point: string; wait: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      const { job } = await cli.client.post<{ job: JobView }>(`/machines/${encodeURIComponent(name)}/export`, { point: options.point, format: options.format, out: path.resolve(options.out) });
+      const finished = options.wait ? await cli.waitForJob(job.id) : job;
+      cli.print({ machine: name, job: finished }, () => {
+        if (!options.wait) return console.log(`export of ${name}: job ${job.id} ${job.state}`);
+        const result = finished.result as { pointId: string; files: { position: number | null; path: string; bytes: number }[] };
+        console.log(`${name}: point ${result.pointId} exported as ${options.format}`);
+        printTable(['#', 'PATH', 'SIZE ON DISK'], result.files.map((file) => [file.position ?? '-', file.path, formatBytes(file.bytes)]));
+      });
     });
 
   program

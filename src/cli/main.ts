@@ -8,6 +8,7 @@ import { registerAdminCommands } from './admin.js';
 import { registerDaemonCommands } from './daemons.js';
 import { registerDemoCommands } from './demo.js';
 import { registerFailoverCommands } from './failover.js';
+import { registerImageCommands } from './images.js';
 import { registerMachineCommands } from './machines.js';
 import { registerPlanCommands } from './plans.js';
 import { registerPointCommands } from './points.js';
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerMachineCommands(program);
   registerPointCommands(program);
   registerFailoverCommands(program);
+  registerImageCommands(program);
   registerPlanCommands(program);
   registerStoreCommands(program);
   registerDemoCommands(program);

@@ -21,6 +21,8 @@ export interface RecoveryInstance {
   machineName: string;
   purpose: 'test' | 'failover';
   generation?: string;
+  /** Disk image format the site writes, as "raw" (default) or "vhd:fixed" (src/disks/formats.ts). */
+  diskFormat?: string;
 }
 
 /** A disk to materialise and where it goes. */

@@ -1,27 +1,38 @@
 /**
- * The "files" compute driver: recovered disks are raw image files under SITE/<machine>/test-failover/
- * (a test failover) or SITE/<machine>/failover/<generation>/ (a failover, one directory per point).
+ * The "files" compute driver: recovered disks are image files under SITE/<machine>/test-failover/
+ * (a test failover) or SITE/<machine>/failover/<generation>/ (a failover, one directory per point), in
+ * the site's disk format: raw (sparse) by default, or any format Ferry writes (`ferry site add
+ * --disk-format vhd:fixed`), named disk<N>.<format>.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ensureDirectory } from '../util/durable-fs.js';
 import { restoreDiskToFile } from '../store/restore.js';
+import { fileExtension, parseFormatSpec, writerFor } from '../disks/formats.js';
+import { pointDiskInput } from './point-image.js';
 import type { ComputeDriver, PlannedDisk, RecoveryInstance } from './driver.js';
 
-/** Writes recovered disks as sparse raw files; the user (or another tool) starts the machine from them. */
+/** Writes recovered disks as image files (sparse raw unless the site says otherwise); the user (or another tool) starts the machine from them. */
 export class FilesDriver implements ComputeDriver {
   readonly kind = 'files';
 
   plan(instance: RecoveryInstance, disks: readonly { position: number; sizeBytes: number }[]): PlannedDisk[] {
     const directory = instanceDirectory(instance);
-    return disks.map((disk) => ({ position: disk.position, sizeBytes: disk.sizeBytes, path: path.join(directory, `disk${disk.position}.raw`) }));
+    const extension = fileExtension(parseFormatSpec(instance.diskFormat ?? 'raw').format);
+    return disks.map((disk) => ({ position: disk.position, sizeBytes: disk.sizeBytes, path: path.join(directory, `disk${disk.position}.${extension}`) }));
   }
 
   async materialize(...[instance, store, disks, onProgress]: Parameters<ComputeDriver['materialize']>): Promise<PlannedDisk[]> {
     await ensureDirectory(instanceDirectory(instance));
     let finishedBytes = 0;
+    const format = instance.diskFormat ?? 'raw';
     for (const { planned, index } of disks) {
-      await restoreDiskToFile(store, index, planned.path, (doneBytes) => onProgress(finishedBytes + doneBytes));
+      const progress = (doneBytes: number) => onProgress(finishedBytes + doneBytes);
+      if (format === 'raw') await restoreDiskToFile(store, index, planned.path, progress);
+      else {
+        const { writer, subformat } = writerFor(format);
+        await writer.write(planned.path, pointDiskInput(store, index), { subformat, onProgress: progress });
+      }
       finishedBytes += index.diskSize;
     }
     return disks.map((disk) => disk.planned);

@@ -249,6 +249,16 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // VM disk formats: what a machine's hardware is (read from a VM descriptor, or set by an operator; an
+  // OVA export describes it), and the disk format each site's failovers write.
+  '0006-disk-formats': {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('machines').addColumn('cpus', 'integer').execute();
+      await db.schema.alterTable('machines').addColumn('memory_mib', 'integer').execute();
+      await db.schema.alterTable('machines').addColumn('nics', 'text', (column) => column.notNull().defaultTo('[]')).execute();
+      await db.schema.alterTable('sites').addColumn('disk_format', 'text', (column) => column.notNull().defaultTo('raw')).execute();
+    },
+  },
 };
 
 /** Supplies the migrations above to Kysely's Migrator. */

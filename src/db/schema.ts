@@ -19,6 +19,8 @@ export interface SiteTable {
   driver: 'files';
   path: string;
   created_at: number;
+  /** Format (and subformat, as "vhd:fixed") the site's failovers write disks in: see src/disks/formats.ts. */
+  disk_format: Generated<string>;
 }
 
 export interface PolicyTable {
@@ -66,6 +68,11 @@ export interface MachineTable {
   recovery_agent_id: string | null;
   /** Command a failback asks the recovery agent to run to stop the workload at the recovery site. */
   recovery_shutdown_command: string | null;
+  /** Virtual hardware, from a VM descriptor or an operator (null: not known); an OVA export needs it. */
+  cpus: number | null;
+  memory_mib: number | null;
+  /** JSON { network: string }[]: the machine's network adapters, by the network each is attached to. */
+  nics: Generated<string>;
   created_at: number;
   updated_at: number;
 }

@@ -29,6 +29,8 @@ import { Policies } from './policies.js';
 import { RecoveryPlans } from './recovery-plans.js';
 import { Replication } from './replication.js';
 import { Reprotections } from './reprotect.js';
+import { Exports } from './exports.js';
+import { Imports } from './imports.js';
 import { Scheduler } from './scheduler.js';
 import { Sites } from './sites.js';
 import { StoreMaintenance } from './store-maintenance.js';
@@ -69,6 +71,10 @@ export class FerryCore {
   readonly failovers: Failovers;
   /** Reprotect: replication turned around after a committed failover or failback. */
   readonly reprotections: Reprotections;
+  /** A point's disks as images of any format Ferry writes, or an OVA. */
+  readonly exports: Exports;
+  /** Machines registered from VM descriptors (.vmx, .ovf, .ova, Hyper-V folders), replicated agentlessly. */
+  readonly imports: Imports;
   readonly events: Events;
   /** Store writes of the agent protocol, safe against a concurrent garbage collection. */
   readonly storeGuard: StoreGuard;
@@ -100,6 +106,8 @@ export class FerryCore {
       return { bytes: collected.deleted.bytes, keptRecent: collected.keptRecent.chunks + collected.keptRecent.indexes };
     });
     this.reprotections = new Reprotections(context, this.jobs, this.machines, this.events, new FilesDriver());
+    this.exports = new Exports(context, this.jobs, this.machines, this.points, this.events);
+    this.imports = new Imports(context, this.events, dataDir);
     this.machineOperations = new MachineOperations();
     this.machineOperations.register('test-failover', async (machine, options) => (await this.testFailovers.start(machine, options.point ?? 'latest')).job);
     this.machineOperations.register('cleanup', (machine) => this.testFailovers.cleanupForPlan(machine));
@@ -120,6 +128,7 @@ export class FerryCore {
       'plan-script': (job, signal) => this.plans.runScript(job, signal),
       failover: (job) => this.failovers.runWrite(job),
       'complete-migration': (job) => this.failovers.runComplete(job),
+      export: (job, signal) => this.exports.run(job, signal),
     });
   }
 

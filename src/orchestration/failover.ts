@@ -274,7 +274,8 @@ export class Failovers {
     const { pointId } = JSON.parse(job.params) as { pointId: string };
     const flow = flowOf(row.kind);
     const previous = parseJsonColumn<FailoverDiskView[]>(row.disks, []);
-    const instance = { sitePath: row.site_path, machineName: machine.name, purpose: 'failover' as const, generation: pointId };
+    const site = machine.site_id ? await this.context.db.selectFrom('sites').select('disk_format').where('id', '=', machine.site_id).executeTakeFirst() : undefined;
+    const instance = { sitePath: row.site_path, machineName: machine.name, purpose: 'failover' as const, generation: pointId, diskFormat: site?.disk_format ?? 'raw' };
     try {
       const pointDisks = await this.context.db.selectFrom('point_disks').selectAll().where('point_id', '=', pointId).orderBy('position').execute();
       const planned = this.driver.plan(instance, pointDisks.map((disk) => ({ position: disk.position, sizeBytes: disk.size_bytes })));

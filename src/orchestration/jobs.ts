@@ -25,6 +25,7 @@ export type JobKind =
   | 'failover'
   | 'commit'
   | 'complete-migration'
+  | 'export'
   | OperationJobKind
   | PlanJobKind;
 

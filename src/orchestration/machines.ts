@@ -14,7 +14,7 @@ import { type CoreContext, parseJsonColumn } from './context.js';
 import { replicationJobKinds } from './jobs.js';
 import { failoverView } from './failover.js';
 import { reprotectView, SITE_AGENT_NAME } from './reprotect.js';
-import { type MachineState, machineTransitions, nextState, replicatingMachineStates } from './lifecycle.js';
+import { allows, type MachineEvent, type MachineState, machineTransitions, nextState, replicatingMachineStates } from './lifecycle.js';
 import type { Principal } from './tokens.js';
 
 /** Hook timeout a machine starts with. */
@@ -90,6 +90,9 @@ export class Machines {
             direction: 'forward',
             recovery_agent_id: null,
             recovery_shutdown_command: null,
+            cpus: null,
+            memory_mib: null,
+            nics: '[]',
             created_at: now,
             updated_at: now,
           };
@@ -185,7 +188,7 @@ export class Machines {
     return db.selectFrom('disks').selectAll().where('machine_id', '=', machineId).orderBy('position').execute();
   }
 
-  /** Changes a machine's hooks and shutdown command. */
+  /** Changes a machine's hooks, shutdown commands and virtual hardware (only the fields given). */
   async update(name: string, request: UpdateMachineRequest): Promise<MachineView> {
     const machine = await this.get(name);
     await this.context.db
@@ -196,6 +199,9 @@ export class Machines {
         ...(request.hookTimeoutSeconds !== undefined ? { hook_timeout_seconds: request.hookTimeoutSeconds } : {}),
         ...(request.shutdownCommand !== undefined ? { shutdown_command: request.shutdownCommand || null } : {}),
         ...(request.recoveryShutdownCommand !== undefined ? { recovery_shutdown_command: request.recoveryShutdownCommand || null } : {}),
+        ...(request.cpus !== undefined ? { cpus: request.cpus } : {}),
+        ...(request.memoryMiB !== undefined ? { memory_mib: request.memoryMiB } : {}),
+        ...(request.nics !== undefined ? { nics: JSON.stringify(request.nics) } : {}),
         updated_at: this.context.now(),
       })
       .where('id', '=', machine.id)
@@ -358,8 +364,36 @@ export class Machines {
       failover: failover ? failoverView(failover) : null,
       direction: machine.direction,
       reprotect: reprotect ? reprotectView(reprotect) : null,
+      hardware: { cpus: machine.cpus, memoryMiB: machine.memory_mib, nics: parseJsonColumn(machine.nics, []) },
+      actions: allowedActions(machine, testFailover?.state ?? null, Number(pointCount.count) > 0),
     };
   }
+}
+
+/**
+ * What an operator may do with the machine now: each operation whose lifecycle event the state allows
+ * (lifecycle.ts), narrowed by direction (failover and migration forward, failback in reverse), by its
+ * test failover (one at a time; cleanup once there is one) and by its points (none to fail over to yet).
+ */
+export function allowedActions(machine: Pick<MachineRow, 'state' | 'direction'>, testFailoverState: string | null, hasPoints: boolean): string[] {
+  const state = machine.state as MachineState;
+  const reverse = machine.direction === 'reverse';
+  const can = (event: MachineEvent) => allows(machineTransitions, state, event);
+  const actions: string[] = [];
+  if (can('protect')) actions.push('protect');
+  if (can('pause')) actions.push('pause');
+  if (can('resume')) actions.push('resume');
+  if ((state === 'protected' || state === 'paused') && hasPoints && testFailoverState === null) actions.push('test-failover');
+  if (testFailoverState !== null && testFailoverState !== 'creating') actions.push('cleanup');
+  if (can('failover') && !reverse && hasPoints) actions.push('planned-failover', 'unplanned-failover');
+  if (can('change-point')) actions.push('change-point');
+  if (can('commit')) actions.push('commit');
+  if (can('reprotect')) actions.push('reprotect');
+  if (can('failback') && reverse) actions.push('failback');
+  if (can('migrate') && !reverse && hasPoints) actions.push('migrate', ...(testFailoverState === null ? ['test-migrate'] : []));
+  if (can('complete-migration')) actions.push('complete-migration');
+  if (hasPoints && state !== 'migration-completed') actions.push('export');
+  return actions;
 }
 
 /** Seconds a running job still needs at the pace it has had so far; null until it has made progress. */

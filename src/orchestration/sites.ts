@@ -4,21 +4,22 @@ import { FerryError, notFound } from '../errors.js';
 import type { CreateSiteRequest } from '../protocol/requests.js';
 import type { SiteView } from '../protocol/views.js';
 import type { SiteRow } from '../db/schema.js';
+import { checkWritableFormat } from '../disks/formats.js';
 import { ensureDirectory } from '../util/durable-fs.js';
 import { newId } from '../util/ids.js';
 import type { CoreContext } from './context.js';
 
 /** Renders a site row for the API. */
 export function siteView(row: SiteRow): SiteView {
-  return { id: row.id, name: row.name, driver: row.driver, path: row.path, createdAt: new Date(row.created_at).toISOString() };
+  return { id: row.id, name: row.name, driver: row.driver, path: row.path, diskFormat: row.disk_format, createdAt: new Date(row.created_at).toISOString() };
 }
 
 /** Creates and finds sites. */
 export class Sites {
   constructor(private readonly context: CoreContext) {}
 
-  /** Adds a site; its directory is created if missing and must be writable by the server. */
-  async create(request: CreateSiteRequest): Promise<SiteView> {
+  /** Adds a site (disks written as raw unless `diskFormat` names another writable format); its directory is created if missing and must be writable by the server. */
+  async create(request: Omit<CreateSiteRequest, 'diskFormat'> & { diskFormat?: string }): Promise<SiteView> {
     const existing = await this.context.db.selectFrom('sites').select('id').where('name', '=', request.name).executeTakeFirst();
     if (existing) throw new FerryError('conflict', `site '${request.name}' already exists`);
     try {
@@ -27,7 +28,9 @@ export class Sites {
     } catch (error) {
       throw new FerryError('invalid-request', `site path ${request.path} cannot be used: ${(error as Error).message}`);
     }
-    const row: SiteRow = { id: newId('site'), name: request.name, driver: request.driver, path: request.path, created_at: this.context.now() };
+    const diskFormat = request.diskFormat ?? 'raw';
+    checkWritableFormat(diskFormat);
+    const row: SiteRow = { id: newId('site'), name: request.name, driver: request.driver, path: request.path, disk_format: diskFormat, created_at: this.context.now() };
     await this.context.db.insertInto('sites').values(row).execute();
     return siteView(row);
   }

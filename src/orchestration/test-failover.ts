@@ -46,11 +46,11 @@ export class TestFailovers {
     const site = await this.context.db.selectFrom('sites').selectAll().where('id', '=', machine.site_id!).executeTakeFirstOrThrow();
     const pointDisks = await this.context.db.selectFrom('point_disks').selectAll().where('point_id', '=', point.id).orderBy('position').execute();
     const disks = this.driver.plan(
-      { sitePath: site.path, machineName: machine.name, purpose: 'test' },
+      { sitePath: site.path, machineName: machine.name, purpose: 'test', diskFormat: site.disk_format },
       pointDisks.map((disk) => ({ position: disk.position, sizeBytes: disk.size_bytes })),
     );
     const job = await this.context.db.transaction().execute(async (db) => {
-      const created = await this.jobs.create({ kind: 'test-failover', machineId: machine.id, agentId: null, params: { pointId: point.id, sitePath: site.path } }, db);
+      const created = await this.jobs.create({ kind: 'test-failover', machineId: machine.id, agentId: null, params: { pointId: point.id, sitePath: site.path, diskFormat: site.disk_format } }, db);
       await db
         .insertInto('test_failovers')
         .values({ machine_id: machine.id, state: 'creating', point_id: point.id, job_id: created.id, disks: JSON.stringify(disks), created_at: this.context.now() })
@@ -102,7 +102,8 @@ export class TestFailovers {
     const planned = JSON.parse(testFailover.disks) as FailoverDiskView[];
     const pointDisks = await this.context.db.selectFrom('point_disks').selectAll().where('point_id', '=', testFailover.point_id).orderBy('position').execute();
     const totalBytes = pointDisks.reduce((total, disk) => total + disk.size_bytes, 0);
-    const instance = { sitePath: (JSON.parse(job.params) as { sitePath: string }).sitePath, machineName: machine.name, purpose: 'test' as const };
+    const { sitePath, diskFormat } = JSON.parse(job.params) as { sitePath: string; diskFormat?: string };
+    const instance = { sitePath, machineName: machine.name, purpose: 'test' as const, diskFormat };
     try {
       const disks = [];
       for (const pointDisk of pointDisks) {

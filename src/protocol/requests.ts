@@ -23,10 +23,15 @@ export const createTokenRequest = z.object({
   name: z.string().min(1).max(64).optional(),
 });
 
+/** A disk format with an optional subformat, as "vhd" or "vhd:fixed" (src/disks/formats.ts says which exist). */
+export const diskFormatSpec = z.string().regex(/^(raw|vhd|vhdx|vmdk|qcow2|ova)(:[A-Za-z0-9-]{1,32})?$/, 'must be raw, vhd, vhdx, vmdk, qcow2 or ova, optionally with :SUBFORMAT (e.g. vhd:fixed)');
+
 export const createSiteRequest = z.object({
   name,
   driver: z.literal('files').default('files'),
   path: z.string().min(1).refine((value) => value.startsWith('/'), 'must be an absolute path on the server'),
+  /** The format failovers to this site write their disks in (default raw); not ova. */
+  diskFormat: diskFormatSpec.refine((value) => !value.startsWith('ova'), 'a site writes disk images, not an OVA').default('raw'),
 });
 
 export const createPolicyRequest = z.object({
@@ -54,8 +59,14 @@ export const updateMachineRequest = z
     shutdownCommand: z.string().max(4096).nullable().optional(),
     /** Stops the workload at the recovery site (a failback's final point); '' or null removes it. */
     recoveryShutdownCommand: z.string().max(4096).nullable().optional(),
+    /** Virtual hardware (an OVA export describes it); null: not known. */
+    cpus: z.number().int().min(1).max(1024).nullable().optional(),
+    memoryMiB: z.number().int().min(1).max(64 * 1024 * 1024).nullable().optional(),
+    nics: z.array(z.object({ network: z.string().min(1).max(256) })).max(32).optional(),
   })
   .strict();
+
+
 
 export const protectRequest = z.object({ site: name, policy: name.default('default') });
 
@@ -66,6 +77,22 @@ export const protectRequest = z.object({ site: name, policy: name.default('defau
 export const pointSelector = z.string().min(1).max(64).default('latest');
 
 export const testFailoverRequest = z.object({ point: pointSelector });
+
+/** `ferry export MACHINE`: a point's disks as images of `format` ("vhd:fixed", "ova"...) at `out` on the server. */
+export const exportRequest = z
+  .object({ point: pointSelector, format: diskFormatSpec, out: z.string().min(1).max(4096).refine((value) => value.startsWith('/'), 'must be an absolute path on the server') })
+  .strict();
+
+/** `ferry machine import PATH`: a VM's descriptor (.vmx, .ovf, .ova) or a Hyper-V export folder on the server. */
+export const importMachineRequest = z
+  .object({
+    path: z.string().min(1).max(4096).refine((value) => value.startsWith('/'), 'must be an absolute path on the server'),
+    name: name.optional(),
+    cpus: z.number().int().min(1).max(1024).optional(),
+    memoryMiB: z.number().int().min(1).max(64 * 1024 * 1024).optional(),
+    nics: z.array(z.object({ network: z.string().min(1).max(256) })).max(32).optional(),
+  })
+  .strict();
 
 /**
  * `POST /machines/{name}/failover`: `planned` (the agent runs the machine's shutdown command and takes a
@@ -212,3 +239,5 @@ export type JobFailRequest = z.infer<typeof jobFailRequest>;
 export type CommitPointRequest = z.infer<typeof commitPointRequest>;
 export type ReprotectRequest = z.infer<typeof reprotectRequest>;
 export type ApplyCompleteRequest = z.infer<typeof applyCompleteRequest>;
+export type ExportRequest = z.infer<typeof exportRequest>;
+export type ImportMachineRequest = z.infer<typeof importMachineRequest>;

@@ -12,6 +12,8 @@ export interface SiteView {
   name: string;
   driver: 'files';
   path: string;
+  /** The disk format failovers to this site write, as "raw" or "vhd:fixed". */
+  diskFormat: string;
   createdAt: string;
 }
 
@@ -113,6 +115,14 @@ export interface MachineView {
   direction: string;
   /** The machine's last reprotect, if it has had one. */
   reprotect: ReprotectView | null;
+  /** Virtual hardware, from an import or `ferry machine set` (null where not known); an OVA export describes it. */
+  hardware: { cpus: number | null; memoryMiB: number | null; nics: { network: string }[] };
+  /**
+   * The operations the machine's state allows now (what a portal offers), from the lifecycle table and the
+   * direction: protect, pause, resume, test-failover, cleanup, planned-failover, unplanned-failover,
+   * change-point, commit, reprotect, failback, migrate, test-migrate, complete-migration, export.
+   */
+  actions: string[];
 }
 
 /** A reprotect (turning replication around after a committed failover or failback). */

@@ -1,9 +1,11 @@
-/** Routes for machines: status, settings, protection, points, test failover, failover, commit, migration, reprotect and failback (admin). */
+/** Routes for machines: import, status, settings, protection, points, test failover, failover, commit, migration, reprotect, failback and export (admin). */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
 import {
   createPointRequest,
+  exportRequest,
   failoverRequest,
+  importMachineRequest,
   listPointsQuery,
   nameParam,
   protectRequest,
@@ -17,6 +19,11 @@ export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
   const machineName = (params: unknown) => parse(nameParam, params, 'machine name').name;
 
   app.get('/api/v1/machines', async () => ({ machines: await core.machines.list() }));
+  app.post('/api/v1/machines/import', async (request, reply) => {
+    const body = parse(importMachineRequest, request.body, 'import request');
+    const result = await core.imports.importMachine(body.path, body);
+    return reply.status(201).send({ import: result, machine: await core.machines.view(result.machine) });
+  });
   app.get('/api/v1/machines/:name', async (request) => core.machines.view(machineName(request.params)));
   app.patch('/api/v1/machines/:name', async (request) =>
     core.machines.update(machineName(request.params), parse(updateMachineRequest, request.body, 'machine settings')),
@@ -53,6 +60,9 @@ export function machineRoutes(app: FastifyInstance, core: FerryCore): void {
   });
   app.post('/api/v1/machines/:name/commit', async (request) => core.failovers.commit(machineName(request.params)));
 
+  app.post('/api/v1/machines/:name/export', async (request, reply) =>
+    reply.status(202).send({ job: await core.exports.request(machineName(request.params), parse(exportRequest, request.body, 'export request')) }),
+  );
   app.post('/api/v1/machines/:name/reprotect', async (request, reply) =>
     reply.status(202).send(await core.reprotections.request(machineName(request.params), parse(reprotectRequest, request.body ?? {}, 'reprotect request'))),
   );
