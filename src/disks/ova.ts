@@ -20,12 +20,12 @@
  * and it refuses DOCTYPE and entity declarations (no entity expansion, no external entities); only XML's
  * predefined entities and character references are decoded.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { FerryError } from '../errors.js';
-import { fsyncDirectory, writeAllAt } from '../util/durable-fs.js';
+import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskImageInput, DiskImageReader, DiskImageWriteOptions } from './disk-image.js';
+import { ioErrorReason, throwIfAborted, writeImageFileAtomically } from './image-file.js';
 import { FileSink, openVmdkAt, writeStreamOptimizedTo } from './vmdk.js';
 
 const BLOCK = 512;
@@ -223,7 +223,6 @@ function padToBlock(length: number): number {
  */
 export async function writeOva(ovaPath: string, machine: OvaMachine, disks: readonly DiskImageInput[], options: OvaWriteOptions = {}): Promise<number> {
   checkMachine(machine, disks);
-  options.signal?.throwIfAborted();
   const stem = safeFileStem(machine.name);
   const mtime = Date.now() / 1000;
   const diskFiles = disks.map((input, index) => ({ fileName: `${stem}-disk${index + 1}.vmdk`, capacityBytes: Math.ceil(input.size / BLOCK) * BLOCK, fileBytes: 0, sha256: '' }));
@@ -231,77 +230,49 @@ export async function writeOva(ovaPath: string, machine: OvaMachine, disks: read
   const reservedOvfBytes = Buffer.byteLength(renderOvf(machine, diskFiles.map((disk) => ({ ...disk, fileBytes: 10 ** 15 - 1 }))));
   const ovfName = `${stem}.ovf`;
 
-  const directory = path.dirname(ovaPath);
-  const temporaryPath = path.join(directory, `.${path.basename(ovaPath)}.${randomBytes(6).toString('hex')}.tmp`);
-  const ioError = (error: unknown, action: string): FerryError =>
-    error instanceof FerryError ? error : new FerryError('io-error', `cannot ${action} ${ovaPath} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path: ovaPath } });
-  const writeAt = async (handle: fs.FileHandle, parts: Buffer[], position: number): Promise<void> => {
-    try {
-      await writeAllAt(handle, parts, position);
-    } catch (error) {
-      throw ioError(error, 'write');
-    }
-  };
-  let handle: fs.FileHandle;
-  try {
-    handle = await fs.open(temporaryPath, 'wx', 0o644);
-  } catch (error) {
-    throw ioError(error, 'create');
-  }
-  try {
-    let position = BLOCK + padToBlock(reservedOvfBytes);
-    let disksDone = 0;
-    for (const [index, input] of disks.entries()) {
-      const file = diskFiles[index]!;
-      const hash = createHash('sha256');
-      const headerPosition = position;
-      const sink = new FileSink(ovaPath, handle, headerPosition + BLOCK, (data) => hash.update(data));
-      await writeStreamOptimizedTo(sink, input, file.fileName, { signal: options.signal, onProgress: (done) => options.onProgress?.(disksDone + done) });
-      await sink.flush();
-      file.fileBytes = sink.position;
-      file.sha256 = hash.digest('hex');
-      const padding = padToBlock(file.fileBytes) - file.fileBytes;
-      await writeAt(handle, [tarHeader(file.fileName, file.fileBytes, mtime)], headerPosition);
-      if (padding > 0) await writeAt(handle, [Buffer.alloc(padding)], headerPosition + BLOCK + file.fileBytes);
-      position = headerPosition + BLOCK + padToBlock(file.fileBytes);
-      disksDone += input.size;
-    }
-    options.signal?.throwIfAborted();
+  let disksDone = 0;
+  const size = await writeImageFileAtomically(
+    ovaPath,
+    options.signal,
+    async (handle) => {
+      let position = BLOCK + padToBlock(reservedOvfBytes);
+      for (const [index, input] of disks.entries()) {
+        const file = diskFiles[index]!;
+        const hash = createHash('sha256');
+        const headerPosition = position;
+        const sink = new FileSink(ovaPath, handle, headerPosition + BLOCK, (data) => hash.update(data));
+        await writeStreamOptimizedTo(sink, input, file.fileName, { signal: options.signal, onProgress: (done) => options.onProgress?.(disksDone + done) });
+        await sink.flush();
+        file.fileBytes = sink.position;
+        file.sha256 = hash.digest('hex');
+        const padding = padToBlock(file.fileBytes) - file.fileBytes;
+        await writeAllAt(handle, [tarHeader(file.fileName, file.fileBytes, mtime)], headerPosition);
+        if (padding > 0) await writeAllAt(handle, [Buffer.alloc(padding)], headerPosition + BLOCK + file.fileBytes);
+        position = headerPosition + BLOCK + padToBlock(file.fileBytes);
+        disksDone += input.size;
+      }
+      throwIfAborted(options.signal);
 
-    const rendered = renderOvf(machine, diskFiles);
-    const ovf = Buffer.alloc(reservedOvfBytes, ' '); // trailing spaces after the root element are allowed XML
-    ovf.write(rendered, 0, 'utf8');
-    ovf[reservedOvfBytes - 1] = 0x0a;
-    await writeAt(handle, [tarHeader(ovfName, ovf.length, mtime), ovf, Buffer.alloc(padToBlock(ovf.length) - ovf.length)], 0);
+      const rendered = renderOvf(machine, diskFiles);
+      const ovf = Buffer.alloc(reservedOvfBytes, ' '); // trailing spaces after the root element are allowed XML
+      ovf.write(rendered, 0, 'utf8');
+      ovf[reservedOvfBytes - 1] = 0x0a;
+      await writeAllAt(handle, [tarHeader(ovfName, ovf.length, mtime), ovf, Buffer.alloc(padToBlock(ovf.length) - ovf.length)], 0);
 
-    if (options.manifest !== false) {
-      const digests = [{ name: ovfName, sha256: createHash('sha256').update(ovf).digest('hex') }, ...diskFiles.map((file) => ({ name: file.fileName, sha256: file.sha256 }))];
-      const manifest = Buffer.from(digests.map((each) => `SHA256(${each.name})= ${each.sha256}\n`).join(''));
-      await writeAt(handle, [tarHeader(`${stem}.mf`, manifest.length, mtime), manifest, Buffer.alloc(padToBlock(manifest.length) - manifest.length)], position);
-      position += BLOCK + padToBlock(manifest.length);
-    }
-    // End of archive: two zero blocks, then up to a whole record.
-    const end = Math.ceil((position + 2 * BLOCK) / TAR_RECORD) * TAR_RECORD;
-    await writeAt(handle, [Buffer.alloc(end - position)], position);
-    try {
-      await handle.sync();
-    } catch (error) {
-      throw ioError(error, 'fsync');
-    }
-    await handle.close();
-    try {
-      await fs.rename(temporaryPath, ovaPath);
-      await fsyncDirectory(directory);
-    } catch (error) {
-      throw ioError(error, 'publish');
-    }
-    options.onProgress?.(disksDone);
-    return end;
-  } catch (error) {
-    await handle.close().catch(() => undefined);
-    await fs.rm(temporaryPath, { force: true });
-    throw error;
-  }
+      if (options.manifest !== false) {
+        const digests = [{ name: ovfName, sha256: createHash('sha256').update(ovf).digest('hex') }, ...diskFiles.map((file) => ({ name: file.fileName, sha256: file.sha256 }))];
+        const manifest = Buffer.from(digests.map((each) => `SHA256(${each.name})= ${each.sha256}\n`).join(''));
+        await writeAllAt(handle, [tarHeader(`${stem}.mf`, manifest.length, mtime), manifest, Buffer.alloc(padToBlock(manifest.length) - manifest.length)], position);
+        position += BLOCK + padToBlock(manifest.length);
+      }
+      // End of archive: two zero blocks, then up to a whole record.
+      const end = Math.ceil((position + 2 * BLOCK) / TAR_RECORD) * TAR_RECORD;
+      await writeAllAt(handle, [Buffer.alloc(end - position)], position);
+    },
+    'OVA',
+  );
+  options.onProgress?.(disksDone);
+  return size;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -359,7 +330,7 @@ export async function listOva(ovaPath: string): Promise<OvaMember[]> {
   try {
     handle = await fs.open(ovaPath, 'r');
   } catch (error) {
-    throw new FerryError('disk-unreadable', `OVA ${ovaPath} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path: ovaPath } });
+    throw new FerryError('disk-unreadable', `OVA ${ovaPath} cannot be read (${ioErrorReason(error)})`, { cause: error, details: { path: ovaPath } });
   }
   try {
     const fileSize = (await handle.stat()).size;
@@ -425,7 +396,7 @@ export async function listOva(ovaPath: string): Promise<OvaMember[]> {
     return members;
   } catch (error) {
     if (error instanceof FerryError) throw error;
-    throw new FerryError('disk-unreadable', `OVA ${ovaPath} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path: ovaPath } });
+    throw new FerryError('disk-unreadable', `OVA ${ovaPath} cannot be read (${ioErrorReason(error)})`, { cause: error, details: { path: ovaPath } });
   } finally {
     await handle.close();
   }

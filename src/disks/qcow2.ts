@@ -27,15 +27,15 @@
  * (only those covering data), refcount blocks and refcount table follow the data, and the header and the
  * L1 table (sized from input.size, reserved up front after the header) are written last.
  */
-import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';
 import { FerryError } from '../errors.js';
-import { fsyncDirectory, writeAllAt } from '../util/durable-fs.js';
+import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
-import { openRawDisk, type DiskSource } from './disk-source.js';
+import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readBytes, writeImageFileAtomically } from './image-file.js';
+import { openRawImage } from './raw-image.js';
 
 const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
 const V2_HEADER_LENGTH = 72;
@@ -153,7 +153,7 @@ async function openForReading(imagePath: string, parent: string | null): Promise
 }
 
 function cannotOpen(imagePath: string, parent: string | null, error: unknown): FerryError {
-  const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+  const reason = ioErrorReason(error);
   const what = parent === null ? `disk image ${imagePath}` : `backing file ${imagePath} of disk image ${parent}`;
   return new FerryError('disk-unreadable', `${what} cannot be opened (${reason})`, { cause: error, details: { path: imagePath } });
 }
@@ -174,7 +174,8 @@ async function openBacking(backingPath: string, format: string | null, chain: re
   if (backingFormat === 'qcow2') return openQcow2InChain(backingPath, chain, child);
   if (backingFormat === 'raw') {
     await realPathOf(backingPath, child); // names the missing file as a backing file
-    return RawBackingReader.open(backingPath);
+    // All of a raw backing file is data: mapping its zeros would read all of it (Node offers no SEEK_HOLE).
+    return openRawImage(backingPath, { scanZeros: false });
   }
   throw new FerryError('invalid-request', `disk image ${child}: backing file ${backingPath} has format '${backingFormat}'; Ferry reads qcow2 and raw backing files only`);
 }
@@ -352,7 +353,7 @@ class Qcow2Reader implements DiskImageReader {
   }
 
   async read(buffer: Buffer, length: number, offset: number): Promise<void> {
-    this.checkRange(buffer, length, offset);
+    checkReadRange(this.path, this.size, buffer, length, offset);
     const end = offset + length;
     let position = offset;
     while (position < end) {
@@ -443,13 +444,6 @@ class Qcow2Reader implements DiskImageReader {
     } finally {
       await this.handle.close();
     }
-  }
-
-  private checkRange(buffer: Buffer, length: number, offset: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new FerryError('invalid-request', `disk image ${this.path}: read of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`);
-    }
-    if (buffer.length < length) throw new FerryError('invalid-request', `disk image ${this.path}: buffer of ${buffer.length} bytes is shorter than the ${length} bytes asked`);
   }
 
   /** The L2 table of one L1 entry, or null when it is unallocated; validated, cached. */
@@ -592,26 +586,6 @@ function inflateZstdCluster(stored: Buffer, clusterSize: number, problem: (reaso
   return data;
 }
 
-/** Merges adjacent extents of one kind, so the reader's extents come out merged. */
-class ExtentMerger {
-  private pending: DiskExtent | null = null;
-
-  *add(offset: number, length: number, kind: DiskExtent['kind']): Generator<DiskExtent> {
-    if (length <= 0) return;
-    if (this.pending && this.pending.kind === kind && this.pending.offset + this.pending.length === offset) {
-      this.pending.length += length;
-      return;
-    }
-    if (this.pending) yield this.pending;
-    this.pending = { offset, length, kind };
-  }
-
-  *finish(): Generator<DiskExtent> {
-    if (this.pending) yield this.pending;
-    this.pending = null;
-  }
-}
-
 /** Walks a backing reader's extents for ascending ranges of the child; past the backing file's end is zero. */
 class BackingExtentCursor {
   private readonly iterator: AsyncIterator<DiskExtent>;
@@ -648,60 +622,10 @@ class BackingExtentCursor {
   }
 }
 
-/** A raw backing file as a reader: all of it is data (Node offers no SEEK_HOLE to find its holes). */
-class RawBackingReader implements DiskImageReader {
-  readonly format = 'raw' as const;
-  readonly subformat = 'raw';
-  private closed = false;
-
-  private constructor(private readonly source: DiskSource) {}
-
-  static async open(backingPath: string): Promise<RawBackingReader> {
-    return new RawBackingReader(await openRawDisk(backingPath));
-  }
-
-  get path(): string {
-    return this.source.path;
-  }
-
-  get size(): number {
-    return this.source.size;
-  }
-
-  async read(buffer: Buffer, length: number, offset: number): Promise<void> {
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new FerryError('invalid-request', `disk image ${this.path}: read of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`);
-    }
-    await this.source.read(buffer, length, offset);
-  }
-
-  async *extents(): AsyncIterable<DiskExtent> {
-    if (this.size > 0) yield { offset: 0, length: this.size, kind: 'data' };
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.source.close();
-  }
-}
-
 /** Reads exactly `length` bytes at `offset`; a file shorter than its checked size is corrupt (it shrank). */
 async function readAt(handle: fs.FileHandle, imagePath: string, length: number, offset: number, fileSize?: number): Promise<Buffer> {
   if (fileSize !== undefined && offset + length > fileSize) throw corrupt(imagePath, `read of ${length} bytes at ${offset} past the end of the file (${fileSize} bytes)`);
-  const buffer = Buffer.alloc(length);
-  let filled = 0;
-  try {
-    while (filled < length) {
-      const { bytesRead } = await handle.read(buffer, filled, length - filled, offset + filled);
-      if (bytesRead === 0) break;
-      filled += bytesRead;
-    }
-  } catch (error) {
-    throw new FerryError('disk-unreadable', `disk image ${imagePath} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path: imagePath } });
-  }
-  if (filled < length) throw corrupt(imagePath, `file ends at ${offset + filled}, before the ${length} bytes at ${offset} it should hold`);
-  return buffer;
+  return readBytes(handle, imagePath, length, offset, (endsAt) => `file ends at ${endsAt}, before the ${length} bytes at ${offset} it should hold`);
 }
 
 /** A 64-bit header field that must be a safe integer (larger values cannot describe a real file). */
@@ -709,10 +633,6 @@ function headerU64(header: Buffer, at: number, imagePath: string, what: string):
   const value = header.readBigUInt64BE(at);
   if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt(imagePath, `${what} ${value} is absurd (beyond 2^53)`);
   return Number(value);
-}
-
-function corrupt(imagePath: string, problem: string): FerryError {
-  return new FerryError('corrupt-data', `disk image ${imagePath}: ${problem}`, { details: { path: imagePath } });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -754,27 +674,11 @@ export async function writeQcow2(imagePath: string, input: DiskImageInput, optio
   if (!Number.isSafeInteger(input.size) || input.size < 0 || Math.ceil(input.size / (WRITE_CLUSTER * WRITE_L2_ENTRIES)) * 8 > MAX_L1_TABLE_BYTES) {
     throw new FerryError('invalid-request', `qcow2 image size ${input.size} is not a size qcow2 can hold`);
   }
-  options.signal?.throwIfAborted();
-  const directory = path.dirname(imagePath);
-  const temporaryPath = path.join(directory, `.${path.basename(imagePath)}.${randomBytes(6).toString('hex')}.tmp`);
-  let handle: fs.FileHandle | null = null;
-  try {
-    handle = await fs.open(temporaryPath, 'wx', 0o644);
+  return writeImageFileAtomically(imagePath, options.signal, async (handle) => {
     const builder = new Qcow2Builder(handle, input.size, subformat === 'v3-compressed');
-    await builder.consume(input, options);
-    const fileSize = await builder.finish();
-    await handle.sync();
-    await handle.close();
-    handle = null;
-    await fs.rename(temporaryPath, imagePath);
-    await fsyncDirectory(directory);
-    return fileSize;
-  } catch (error) {
-    await handle?.close().catch(() => undefined);
-    await fs.rm(temporaryPath, { force: true }).catch(() => undefined);
-    if (error instanceof FerryError || options.signal?.aborted) throw error;
-    throw new FerryError('io-error', `qcow2 image ${imagePath} could not be written (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path: imagePath } });
-  }
+    await builder.consume(imagePath, input, options);
+    await builder.finish();
+  });
 }
 
 /** Refcounts of the host clusters written so far, growing as the file does. */
@@ -828,14 +732,8 @@ class Qcow2Builder {
   }
 
   /** Reads every piece once, storing each guest cluster when it is complete. */
-  async consume(input: DiskImageInput, options: DiskImageWriteOptions): Promise<void> {
-    let previousEnd = 0;
-    for await (const piece of input.pieces()) {
-      options.signal?.throwIfAborted();
-      const { offset, data } = piece;
-      if (!Number.isSafeInteger(offset) || offset < previousEnd || offset + data.length > this.size) {
-        throw new FerryError('invalid-request', `qcow2 writer: piece of ${data.length} bytes at ${offset} is out of order or outside the disk (${this.size} bytes)`);
-      }
+  async consume(imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions): Promise<void> {
+    for await (const { offset, data } of checkedPieces(imagePath, input, options)) {
       let consumed = 0;
       while (consumed < data.length) {
         const position = offset + consumed;
@@ -846,12 +744,8 @@ class Qcow2Builder {
         data.copy(this.cluster!, within, consumed, consumed + take);
         consumed += take;
       }
-      previousEnd = offset + data.length;
-      options.onProgress?.(previousEnd);
     }
     await this.storeAssembledCluster(-1);
-    options.signal?.throwIfAborted();
-    options.onProgress?.(this.size);
   }
 
   /** Writes the metadata after the data, then the L1 table and header; resolves with the file's size. */

@@ -31,7 +31,8 @@ import { FerryError } from '../errors.js';
 import { isAllZero } from '../store/chunking.js';
 import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
-import { checkReadRange, checkedPieces, scanZeroExtents, writeImageFileAtomically, writeNonZeroRuns } from './raw-image.js';
+import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readExactly as readFileExactly, unreadableImage as unreadable, writeImageFileAtomically } from './image-file.js';
+import { scanZeroExtents, writeNonZeroRuns } from './raw-image.js';
 
 const SECTOR = 512;
 const MiB = 1024 * 1024;
@@ -92,14 +93,6 @@ interface MetadataRange {
   start: number;
   end: number;
   what: string;
-}
-
-function corrupt(imagePath: string, problem: string): FerryError {
-  return new FerryError('corrupt-data', `disk image ${imagePath}: ${problem}`, { details: { path: imagePath } });
-}
-
-function unreadable(imagePath: string, problem: string, error?: unknown, details: Record<string, unknown> = {}): FerryError {
-  return new FerryError('disk-unreadable', `disk image ${imagePath}: ${problem}`, { cause: error, details: { path: imagePath, ...details } });
 }
 
 /** The one's complement of the sum of every byte of `bytes` but the four of the checksum field at `checksumAt`. */
@@ -169,18 +162,8 @@ function utf16BigEndian(bytes: Buffer): string {
 }
 
 /** Reads exactly `length` bytes at `position` of the file; corrupt-data if the file ends first. */
-async function readExactly(handle: fs.FileHandle, imagePath: string, target: Buffer, targetOffset: number, length: number, position: number): Promise<void> {
-  let filled = 0;
-  while (filled < length) {
-    let bytesRead: number;
-    try {
-      ({ bytesRead } = await handle.read(target, targetOffset + filled, length - filled, position + filled));
-    } catch (error) {
-      throw unreadable(imagePath, `cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, error);
-    }
-    if (bytesRead === 0) throw corrupt(imagePath, `the file ends at ${position + filled}, inside ${length} bytes expected at ${position}`);
-    filled += bytesRead;
-  }
+function readExactly(handle: fs.FileHandle, imagePath: string, target: Buffer, targetOffset: number, length: number, position: number): Promise<void> {
+  return readFileExactly(handle, imagePath, target, targetOffset, length, position, (endsAt) => `the file ends at ${endsAt}, inside ${length} bytes expected at ${position}`);
 }
 
 /** An open VHD of any type; a differencing disk holds its parent open. */
@@ -317,16 +300,9 @@ function* bitmapRuns(bitmap: Buffer, start: number, end: number): Generator<{ st
 
 /** Merges adjacent extents of one kind. */
 async function* mergeExtents(extents: AsyncIterable<DiskExtent>): AsyncGenerator<DiskExtent> {
-  let pending: DiskExtent | null = null;
-  for await (const extent of extents) {
-    if (extent.length === 0) continue;
-    if (pending && pending.kind === extent.kind) pending.length += extent.length;
-    else {
-      if (pending) yield pending;
-      pending = { offset: extent.offset, length: extent.length, kind: extent.kind };
-    }
-  }
-  if (pending) yield pending;
+  const merger = new ExtentMerger();
+  for await (const extent of extents) yield* merger.add(extent.offset, extent.length, extent.kind);
+  yield* merger.finish();
 }
 
 /**
@@ -354,7 +330,7 @@ async function openVhdInChain(imagePath: string, children: readonly string[]): P
   try {
     handle = await fs.open(imagePath, 'r');
   } catch (error) {
-    throw unreadable(imagePath, `cannot be opened (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, error);
+    throw unreadable(imagePath, `cannot be opened (${ioErrorReason(error)})`, error);
   }
   try {
     const stat = await handle.stat();

@@ -20,13 +20,13 @@
  * allocated; every BAT entry that points into the file is checked to lie in it, after the header
  * section and outside the log, BAT and metadata regions.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { FerryError } from '../errors.js';
-import { fsyncDirectory } from '../util/durable-fs.js';
+import { writeAllAt } from '../util/durable-fs.js';
 import { crc32c } from './crc32c.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
+import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readBytes, readExactly as readFileExactly, unreadableImage, writeImageFileAtomically } from './image-file.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -155,30 +155,13 @@ function isPowerOfTwo(value: number): boolean {
   return Number.isInteger(value) && value > 0 && (value & (value - 1)) === 0;
 }
 
-function corrupt(imagePath: string, problem: string): FerryError {
-  return new FerryError('corrupt-data', `disk image ${imagePath}: ${problem}`, { details: { path: imagePath } });
-}
-
 function unreadable(imagePath: string, error: unknown): FerryError {
-  const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-  return new FerryError('disk-unreadable', `disk image ${imagePath} cannot be read (${reason})`, { cause: error, details: { path: imagePath } });
+  return unreadableImage(imagePath, `cannot be read (${ioErrorReason(error)})`, error);
 }
 
 /** Reads exactly `length` bytes at `position`; a file that ends first is corrupt (its size was checked before). */
-async function readExactly(handle: fs.FileHandle, imagePath: string, length: number, position: number, what: string): Promise<Buffer> {
-  const buffer = Buffer.alloc(length);
-  let filled = 0;
-  try {
-    while (filled < length) {
-      const { bytesRead } = await handle.read(buffer, filled, length - filled, position + filled);
-      if (bytesRead === 0) break;
-      filled += bytesRead;
-    }
-  } catch (error) {
-    throw unreadable(imagePath, error);
-  }
-  if (filled < length) throw corrupt(imagePath, `the file ends inside the ${what}`);
-  return buffer;
+function readExactly(handle: fs.FileHandle, imagePath: string, length: number, position: number, what: string): Promise<Buffer> {
+  return readBytes(handle, imagePath, length, position, () => `the file ends inside the ${what}`);
 }
 
 /** A uint64 field as a number, or null when it is beyond what a file offset or disk size can be. */
@@ -431,9 +414,7 @@ class VhdxReader implements DiskImageReader {
 
   async read(buffer: Buffer, length: number, offset: number): Promise<void> {
     if (this.closed) throw new FerryError('invalid-request', `disk image ${this.path} is closed`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || length > buffer.length || offset + length > this.size) {
-      throw new FerryError('invalid-request', `disk image ${this.path}: read of ${length} bytes at ${offset} is outside the ${this.size}-byte disk`, { details: { path: this.path } });
-    }
+    checkReadRange(this.path, this.size, buffer, length, offset);
     const { blockSize } = this.geometry;
     let done = 0;
     while (done < length) {
@@ -443,40 +424,20 @@ class VhdxReader implements DiskImageReader {
       const count = Math.min(blockSize - within, length - done);
       const fileOffset = this.blockOffset(block);
       if (fileOffset === null) buffer.fill(0, done, done + count);
-      else await this.readFromFile(buffer, done, count, fileOffset + within, block);
+      // The blocks were checked to lie in the file when it was opened: a short read means it shrank since.
+      else await readFileExactly(this.handle, this.path, buffer, done, count, fileOffset + within, () => `the file ends inside block ${block} (it was truncated while open)`);
       done += count;
     }
   }
 
-  private async readFromFile(buffer: Buffer, at: number, count: number, position: number, block: number): Promise<void> {
-    let filled = 0;
-    try {
-      while (filled < count) {
-        const { bytesRead } = await this.handle.read(buffer, at + filled, count - filled, position + filled);
-        if (bytesRead === 0) break;
-        filled += bytesRead;
-      }
-    } catch (error) {
-      throw unreadable(this.path, error);
-    }
-    // The blocks were checked to lie in the file when it was opened: a short read means it shrank since.
-    if (filled < count) throw corrupt(this.path, `the file ends inside block ${block} (it was truncated while open)`);
-  }
-
   async *extents(): AsyncIterable<DiskExtent> {
     const { blockSize, dataBlockCount } = this.geometry;
-    let pending: DiskExtent | null = null;
+    const merger = new ExtentMerger();
     for (let block = 0; block < dataBlockCount; block++) {
       const offset = block * blockSize;
-      const length = Math.min(blockSize, this.size - offset);
-      const kind = this.blockOffset(block) === null ? 'zero' : 'data';
-      if (pending && pending.kind === kind) pending.length += length;
-      else {
-        if (pending) yield pending;
-        pending = { offset, length, kind };
-      }
+      yield* merger.add(offset, Math.min(blockSize, this.size - offset), this.blockOffset(block) === null ? 'zero' : 'data');
     }
-    if (pending) yield pending;
+    yield* merger.finish();
   }
 
   async close(): Promise<void> {
@@ -664,14 +625,6 @@ function isAllZero(buffer: Buffer): boolean {
   return true;
 }
 
-async function writeFully(handle: fs.FileHandle, data: Buffer, position: number): Promise<void> {
-  let written = 0;
-  while (written < data.length) {
-    const { bytesWritten } = await handle.write(data, written, data.length - written, position + written);
-    written += bytesWritten;
-  }
-}
-
 /** Options of `createVhdxWriter`. */
 export interface VhdxWriterOptions {
   /** Payload block size in bytes: a power of two from 1 MiB to 256 MiB. Default 1 MiB. */
@@ -720,12 +673,7 @@ async function writeVhdxImage(imagePath: string, input: DiskImageInput, options:
   }
   const layout = planLayout(input.size, blockSize);
   const fixed = subformat === 'fixed';
-  const directory = path.dirname(imagePath);
-  const temporaryPath = path.join(directory, `.${path.basename(imagePath)}.${randomBytes(6).toString('hex')}.tmp`);
-  let handle: fs.FileHandle | null = null;
-  try {
-    handle = await fs.open(temporaryPath, 'wx', 0o644);
-    const openHandle = handle;
+  return writeImageFileAtomically(imagePath, options.signal, async (handle) => {
     // The BAT is built as blocks are placed: all zero (NOT_PRESENT payload blocks, sector bitmap
     // entries not present) until a block is written. A fixed image has every block, in order.
     const { chunkRatio, dataBlockCount } = layout.geometry;
@@ -747,15 +695,10 @@ async function writeVhdxImage(imagePath: string, input: DiskImageInput, options:
         nextBlockOffset += blockSize;
         setBatEntry(bat, chunkRatio, currentBlock, offset);
       }
-      await writeFully(openHandle, blockBuffer, offset);
+      await writeAllAt(handle, [blockBuffer], offset);
     };
 
-    let consumed = 0;
-    for await (const piece of input.pieces()) {
-      options.signal?.throwIfAborted();
-      if (!Number.isSafeInteger(piece.offset) || piece.offset < consumed || piece.offset + piece.data.length > input.size) {
-        throw new FerryError('invalid-request', `VHDX writer for ${imagePath}: piece at ${piece.offset} (${piece.data.length} bytes) is out of order or past the ${input.size}-byte disk`);
-      }
+    for await (const piece of checkedPieces(imagePath, input, options)) {
       let position = piece.offset;
       let rest = piece.data;
       while (rest.length > 0) {
@@ -771,37 +714,21 @@ async function writeVhdxImage(imagePath: string, input: DiskImageInput, options:
         position += count;
         rest = rest.subarray(count);
       }
-      consumed = piece.offset + piece.data.length;
-      options.onProgress?.(consumed);
     }
-    options.signal?.throwIfAborted();
     await flushBlock();
 
     const fileWriteGuid = guidBytes(randomUUID());
     const dataWriteGuid = guidBytes(randomUUID());
-    await writeFully(openHandle, bat, layout.batOffset);
-    await writeFully(openHandle, buildMetadata(layout, fixed), layout.metadataOffset);
+    await writeAllAt(handle, [bat], layout.batOffset);
+    await writeAllAt(handle, [buildMetadata(layout, fixed)], layout.metadataOffset);
     const regionTable = buildRegionTable(layout);
-    for (const offset of REGION_TABLE_OFFSETS) await writeFully(openHandle, regionTable, offset);
-    await writeFully(openHandle, buildHeader(0, fileWriteGuid, dataWriteGuid, layout), HEADER_OFFSETS[0]);
-    await writeFully(openHandle, buildHeader(1, fileWriteGuid, dataWriteGuid, layout), HEADER_OFFSETS[1]);
-    await writeFully(openHandle, buildFileIdentifier(), 0);
+    for (const offset of REGION_TABLE_OFFSETS) await writeAllAt(handle, [regionTable], offset);
+    await writeAllAt(handle, [buildHeader(0, fileWriteGuid, dataWriteGuid, layout)], HEADER_OFFSETS[0]);
+    await writeAllAt(handle, [buildHeader(1, fileWriteGuid, dataWriteGuid, layout)], HEADER_OFFSETS[1]);
+    await writeAllAt(handle, [buildFileIdentifier()], 0);
     // Unwritten blocks of a fixed image and the empty log stay holes: they read as zeros.
-    const fileSize = nextBlockOffset;
-    await openHandle.truncate(fileSize);
-    await openHandle.sync();
-    await openHandle.close();
-    handle = null;
-    options.onProgress?.(input.size);
-    await fs.rename(temporaryPath, imagePath);
-    await fsyncDirectory(directory);
-    return fileSize;
-  } catch (error) {
-    await handle?.close().catch(() => undefined);
-    await fs.rm(temporaryPath, { force: true }).catch(() => undefined);
-    if (error instanceof FerryError || options.signal?.aborted || typeof (error as NodeJS.ErrnoException).code !== 'string') throw error;
-    throw new FerryError('io-error', `VHDX image ${imagePath} cannot be written (${(error as NodeJS.ErrnoException).code})`, { cause: error, details: { path: imagePath } });
-  }
+    await handle.truncate(nextBlockOffset);
+  });
 }
 
 /** The VHDX format module: sniffs "vhdxfile", opens dynamic and fixed images, writes both. */

@@ -35,8 +35,9 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { FerryError } from '../errors.js';
-import { fsyncDirectory, writeAllAt } from '../util/durable-fs.js';
+import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
+import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, writeImageFileAtomically } from './image-file.js';
 
 const SECTOR = 512;
 /** "KDMV" read as a little-endian uint32: the magic of a hosted sparse extent. */
@@ -78,18 +79,14 @@ const deflateZlib = promisify(zlib.deflate);
 // ---------------------------------------------------------------------------------------------------
 // Errors
 
-function corrupt(label: string, problem: string, cause?: unknown): FerryError {
-  return new FerryError('corrupt-data', `disk image ${label}: ${problem}`, { details: { path: label }, ...(cause === undefined ? {} : { cause }) });
-}
-
 function unsupported(label: string, problem: string): FerryError {
   return new FerryError('invalid-request', `disk image ${label}: ${problem}`, { details: { path: label } });
 }
 
+/** 'disk-unreadable' naming the file and, for an extent file, the descriptor listing it (`context`). */
 function unreadable(filePath: string, error: unknown, context = ''): FerryError {
   if (error instanceof FerryError) return error;
-  const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-  return new FerryError('disk-unreadable', `disk ${filePath}${context} cannot be read (${reason})`, { cause: error, details: { path: filePath } });
+  return new FerryError('disk-unreadable', `disk ${filePath}${context} cannot be read (${ioErrorReason(error)})`, { cause: error, details: { path: filePath } });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -448,53 +445,24 @@ class SparseExtent {
 
   /** Where the extent's first `length` bytes are stored and where they are zero (extent-relative, merged). */
   async *allocation(length: number): AsyncGenerator<Allocation> {
-    const merger = new ExtentMerger(0);
+    const merger = new ExtentMerger();
     const stored = Math.min(length, this.capacityBytes);
     for (let directoryIndex = 0; directoryIndex * this.grainTableSpan < stored; directoryIndex++) {
       const spanStart = directoryIndex * this.grainTableSpan;
       const spanLength = Math.min(this.grainTableSpan, stored - spanStart);
       const table = await this.grainTable(directoryIndex);
       if (!table) {
-        yield* merger.add('zero', spanLength);
+        yield* merger.add(spanStart, spanLength, 'zero');
         continue;
       }
       for (let entryIndex = 0; entryIndex * this.grainBytes < spanLength; entryIndex++) {
         const entry = table[entryIndex] ?? 0;
-        yield* merger.add(entry <= ZERO_GRAIN_ENTRY ? 'zero' : 'data', Math.min(this.grainBytes, spanLength - entryIndex * this.grainBytes));
+        const grainStart = entryIndex * this.grainBytes;
+        yield* merger.add(spanStart + grainStart, Math.min(this.grainBytes, spanLength - grainStart), entry <= ZERO_GRAIN_ENTRY ? 'zero' : 'data');
       }
     }
-    if (length > stored) yield* merger.add('zero', length - stored);
+    if (length > stored) yield* merger.add(stored, length - stored, 'zero');
     yield* merger.finish();
-  }
-}
-
-/** Merges adjacent ranges of one kind, from `start` on, as they are added one after another. */
-class ExtentMerger {
-  private kind: DiskExtent['kind'] | undefined;
-  private runStart: number;
-  private runLength = 0;
-
-  constructor(start: number) {
-    this.runStart = start;
-  }
-
-  *add(kind: DiskExtent['kind'], length: number): Generator<DiskExtent> {
-    if (length <= 0) return;
-    if (kind === this.kind) {
-      this.runLength += length;
-      return;
-    }
-    if (this.kind !== undefined) yield { offset: this.runStart, length: this.runLength, kind: this.kind };
-    this.runStart += this.runLength;
-    this.kind = kind;
-    this.runLength = length;
-  }
-
-  *finish(): Generator<DiskExtent> {
-    if (this.kind !== undefined && this.runLength > 0) yield { offset: this.runStart, length: this.runLength, kind: this.kind };
-    this.kind = undefined;
-    this.runStart += this.runLength;
-    this.runLength = 0;
   }
 }
 
@@ -520,10 +488,7 @@ class VmdkReader implements DiskImageReader {
   ) {}
 
   async read(buffer: Buffer, length: number, offset: number): Promise<void> {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new FerryError('invalid-request', `disk image ${this.path}: read of ${length} bytes at ${offset} is outside the ${this.size}-byte disk`);
-    }
-    if (length > buffer.length) throw new FerryError('invalid-request', `disk image ${this.path}: a ${length}-byte read into a ${buffer.length}-byte buffer`);
+    checkReadRange(this.path, this.size, buffer, length, offset);
     const end = offset + length;
     for (const part of this.parts) {
       const from = Math.max(offset, part.start);
@@ -541,11 +506,11 @@ class VmdkReader implements DiskImageReader {
   }
 
   async *extents(): AsyncIterable<DiskExtent> {
-    const merger = new ExtentMerger(0);
+    const merger = new ExtentMerger();
     for (const part of this.parts) {
       if (part.kind === 'sparse') {
-        for await (const range of part.extent.allocation(part.length)) yield* merger.add(range.kind, range.length);
-      } else yield* merger.add(part.kind === 'flat' ? 'data' : 'zero', part.length);
+        for await (const range of part.extent.allocation(part.length)) yield* merger.add(part.start + range.offset, range.length, range.kind);
+      } else yield* merger.add(part.start, part.length, part.kind === 'flat' ? 'data' : 'zero');
     }
     yield* merger.finish();
   }
@@ -741,7 +706,7 @@ export class FileSink implements VmdkByteSink {
     try {
       await writeAllAt(this.handle, parts, at);
     } catch (error) {
-      throw new FerryError('io-error', `cannot write ${this.filePath} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path: this.filePath } });
+      throw new FerryError('io-error', `cannot write ${this.filePath} (${ioErrorReason(error)})`, { cause: error, details: { path: this.filePath } });
     }
   }
 }
@@ -809,10 +774,6 @@ function streamDescriptor(capacitySectors: number, extentFileName: string): Buff
 
 function padToSector(length: number): number {
   return Math.ceil(length / SECTOR) * SECTOR;
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new FerryError('conflict', 'the image write was aborted');
 }
 
 const ZERO_GRAIN = Buffer.alloc(WRITE_GRAIN_BYTES);
@@ -885,14 +846,7 @@ export async function writeStreamOptimizedTo(sink: VmdkByteSink, input: DiskImag
   try {
     let currentIndex = -1;
     let current = Buffer.alloc(0);
-    let previousEnd = 0;
-    for await (const piece of input.pieces()) {
-      throwIfAborted(options.signal);
-      const { offset, data } = piece;
-      if (!Number.isSafeInteger(offset) || offset < previousEnd || offset + data.length > input.size) {
-        throw new FerryError('invalid-request', `disk piece at ${offset} (${data.length} bytes) is out of order or past the ${input.size}-byte disk`);
-      }
-      previousEnd = offset + data.length;
+    for await (const { offset, data } of checkedPieces(extentFileName, input, options)) {
       let done = 0;
       while (done < data.length) {
         const at = offset + done;
@@ -907,9 +861,7 @@ export async function writeStreamOptimizedTo(sink: VmdkByteSink, input: DiskImag
         data.copy(current, within, done, done + count);
         done += count;
       }
-      options.onProgress?.(previousEnd);
     }
-    throwIfAborted(options.signal);
     if (currentIndex >= 0) await submitGrain(currentIndex, current);
     while (inFlight.length > 0) await drainOne();
   } finally {
@@ -926,7 +878,6 @@ export async function writeStreamOptimizedTo(sink: VmdkByteSink, input: DiskImag
   await sink.write(metadataMarker(1, MARKER_FOOTER));
   await sink.write(streamHeader(capacitySectors, BigInt(directorySector)));
   await sink.write(metadataMarker(0, MARKER_END_OF_STREAM));
-  options.onProgress?.(input.size);
 }
 
 /**
@@ -937,39 +888,11 @@ export async function writeStreamOptimizedTo(sink: VmdkByteSink, input: DiskImag
 export async function writeVmdk(imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions = {}): Promise<number> {
   const subformat = options.subformat ?? 'streamOptimized';
   if (subformat !== 'streamOptimized') throw new FerryError('invalid-request', `VMDK images are written as streamOptimized, not '${subformat}'`);
-  throwIfAborted(options.signal);
-  const directory = path.dirname(imagePath);
-  const temporaryPath = path.join(directory, `.${path.basename(imagePath)}.${randomBytes(6).toString('hex')}.tmp`);
-  const ioError = (error: unknown, action: string): FerryError =>
-    error instanceof FerryError ? error : new FerryError('io-error', `cannot ${action} ${imagePath} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path: imagePath } });
-  let handle: fs.FileHandle;
-  try {
-    handle = await fs.open(temporaryPath, 'wx', 0o644);
-  } catch (error) {
-    throw ioError(error, 'create');
-  }
-  try {
+  return writeImageFileAtomically(imagePath, options.signal, async (handle) => {
     const sink = new FileSink(imagePath, handle, 0);
     await writeStreamOptimizedTo(sink, input, path.basename(imagePath), options);
     await sink.flush();
-    try {
-      await handle.sync();
-    } catch (error) {
-      throw ioError(error, 'fsync');
-    }
-    await handle.close();
-    try {
-      await fs.rename(temporaryPath, imagePath);
-      await fsyncDirectory(directory);
-    } catch (error) {
-      throw ioError(error, 'publish');
-    }
-    return sink.position;
-  } catch (error) {
-    await handle.close().catch(() => undefined);
-    await fs.rm(temporaryPath, { force: true });
-    throw error;
-  }
+  });
 }
 
 /** The VMDK writer: stream-optimized only (what vSphere imports and OVAs carry). */

@@ -24,7 +24,7 @@ import { newId } from '../util/ids.js';
 import { ensureDirectory } from '../util/durable-fs.js';
 import type { CoreContext } from './context.js';
 import type { Events } from './events.js';
-import { DEFAULT_HOOK_TIMEOUT_SECONDS } from './machines.js';
+import { newMachineRow } from './machines.js';
 import { SITE_AGENT_NAME } from './reprotect.js';
 
 /** What a VM descriptor says about a machine (null where it does not say). */
@@ -106,37 +106,10 @@ export class Imports {
     const now = this.context.now();
     await this.context.db.transaction().execute(async (db) => {
       if (await db.selectFrom('machines').select('id').where('name', '=', name).executeTakeFirst()) throw new FerryError('conflict', `machine '${name}' already exists`);
-      const machineId = newId('m');
-      await db
-        .insertInto('machines')
-        .values({
-          id: machineId,
-          name,
-          agent_id: agent.id,
-          state: 'unprotected',
-          site_id: null,
-          policy_id: null,
-          pre_point_command: null,
-          post_point_command: null,
-          hook_timeout_seconds: DEFAULT_HOOK_TIMEOUT_SECONDS,
-          replication_error_code: null,
-          replication_error: null,
-          last_point_at: null,
-          last_app_point_at: null,
-          health_level: 'healthy',
-          shutdown_command: null,
-          direction: 'forward',
-          recovery_agent_id: null,
-          recovery_shutdown_command: null,
-          cpus,
-          memory_mib: memoryMiB,
-          nics: JSON.stringify(nics),
-          created_at: now,
-          updated_at: now,
-        })
-        .execute();
+      const row = newMachineRow(name, agent.id, now, { cpus, memoryMiB, nics });
+      await db.insertInto('machines').values(row).execute();
       for (const disk of disks) {
-        await db.insertInto('disks').values({ id: newId('d'), machine_id: machineId, position: disk.position, path: disk.path, size_bytes: disk.sizeBytes, error: null, recovery_path: null }).execute();
+        await db.insertInto('disks').values({ id: newId('d'), machine_id: row.id, position: disk.position, path: disk.path, size_bytes: disk.sizeBytes, error: null, recovery_path: null }).execute();
       }
     });
     await this.events.record({

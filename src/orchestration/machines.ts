@@ -20,6 +20,38 @@ import type { Principal } from './tokens.js';
 /** Hook timeout a machine starts with. */
 export const DEFAULT_HOOK_TIMEOUT_SECONDS = 60;
 
+/**
+ * A machine as it is first registered: `unprotected`, served by `agentId`, no hooks, forward; `hardware`
+ * as far as it is known (an import reads it from the VM's descriptor).
+ */
+export function newMachineRow(name: string, agentId: string, now: number, hardware: { cpus: number | null; memoryMiB: number | null; nics: { network: string }[] } = { cpus: null, memoryMiB: null, nics: [] }): MachineRow {
+  return {
+    id: newId('m'),
+    name,
+    agent_id: agentId,
+    state: 'unprotected',
+    site_id: null,
+    policy_id: null,
+    pre_point_command: null,
+    post_point_command: null,
+    hook_timeout_seconds: DEFAULT_HOOK_TIMEOUT_SECONDS,
+    replication_error_code: null,
+    replication_error: null,
+    last_point_at: null,
+    last_app_point_at: null,
+    health_level: 'healthy',
+    shutdown_command: null,
+    direction: 'forward',
+    recovery_agent_id: null,
+    recovery_shutdown_command: null,
+    cpus: hardware.cpus,
+    memory_mib: hardware.memoryMiB,
+    nics: JSON.stringify(hardware.nics),
+    created_at: now,
+    updated_at: now,
+  };
+}
+
 /** How often an agent's last-seen time is written at most (far below any offline threshold). */
 const SEEN_WRITE_INTERVAL_MS = 5_000;
 
@@ -71,31 +103,7 @@ export class Machines {
           row = { ...row, agent_id: agent.id, state };
         }
         if (!row) {
-          row = {
-            id: newId('m'),
-            name: machine.name,
-            agent_id: agent.id,
-            state: 'unprotected',
-            site_id: null,
-            policy_id: null,
-            pre_point_command: null,
-            post_point_command: null,
-            hook_timeout_seconds: DEFAULT_HOOK_TIMEOUT_SECONDS,
-            replication_error_code: null,
-            replication_error: null,
-            last_point_at: null,
-            last_app_point_at: null,
-            health_level: 'healthy',
-            shutdown_command: null,
-            direction: 'forward',
-            recovery_agent_id: null,
-            recovery_shutdown_command: null,
-            cpus: null,
-            memory_mib: null,
-            nics: '[]',
-            created_at: now,
-            updated_at: now,
-          };
+          row = newMachineRow(machine.name, agent.id, now);
           await db.insertInto('machines').values(row).execute();
         }
         const knownDisks = await db.selectFrom('disks').select('id').where('machine_id', '=', row.id).execute();
