@@ -4,6 +4,7 @@
  * `PIECE_BYTES`, all-zero pieces dropped), and the target's writer streams them into the new image. The
  * next piece is read while the writer takes the current one.
  */
+import { isAllZero } from '../store/chunking.js';
 import type { DiskImageInput, DiskImageReader } from './disk-image.js';
 import { openDiskImage, writerFor } from './formats.js';
 
@@ -35,7 +36,7 @@ export function readerInput(reader: DiskImageReader): DiskImageInput {
         for (let index = 0; index < ranges.length; index++) {
           const data = await pending!;
           pending = index + 1 < ranges.length ? read(ranges[index + 1]!) : null;
-          if (data.some((byte) => byte !== 0)) yield { offset: ranges[index]!.offset, data };
+          if (!isAllZero(data)) yield { offset: ranges[index]!.offset, data };
         }
       } finally {
         pending?.catch(() => undefined); // a writer that stopped early leaves a read in flight

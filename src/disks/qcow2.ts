@@ -27,6 +27,7 @@
  * (only those covering data), refcount blocks and refcount table follow the data, and the header and the
  * L1 table (sized from input.size, reserved up front after the header) are written last.
  */
+import { isAllZero } from '../store/chunking.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
@@ -812,7 +813,7 @@ class Qcow2Builder {
 
   /** Stores the cluster assembled so far (unless all zero) and starts assembling `nextIndex`. */
   private async storeAssembledCluster(nextIndex: number): Promise<void> {
-    if (this.cluster && this.cluster.some((byte) => byte !== 0)) await this.storeCluster(this.clusterIndex, this.cluster);
+    if (this.cluster && !isAllZero(this.cluster)) await this.storeCluster(this.clusterIndex, this.cluster);
     this.clusterIndex = nextIndex;
     this.cluster = nextIndex < 0 ? null : Buffer.alloc(WRITE_CLUSTER);
   }
