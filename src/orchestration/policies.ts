@@ -1,6 +1,7 @@
 /** Replication policies: how often points are taken, how long they are kept, and the RPO to alarm on. */
 import { FerryError, notFound } from '../errors.js';
-import type { CreatePolicyRequest } from '../protocol/requests.js';
+import type { z } from 'zod';
+import type { CreatePolicyRequest, updatePolicyRequest } from '../protocol/requests.js';
 import type { PolicyView } from '../protocol/views.js';
 import type { PolicyRow } from '../db/schema.js';
 import { newId } from '../util/ids.js';
@@ -58,6 +59,39 @@ export class Policies {
     };
     await this.context.db.insertInto('policies').values(row).execute();
     return policyView(row);
+  }
+
+  /**
+   * `PATCH /policies/{name}`: changes the settings given, keeps the others, and checks the result with
+   * the rules of `create` (the app-consistent interval and the retention at least the interval; the
+   * thinning windows capped by the retention). Machines on the policy follow it from their next
+   * scheduler tick. Throws not-found naming the policy, invalid-request naming the rule broken.
+   */
+  async update(name: string, changes: z.infer<typeof updatePolicyRequest>): Promise<PolicyView> {
+    const row = await this.get(name);
+    const intervalSeconds = changes.intervalSeconds ?? row.interval_seconds;
+    // An app interval equal to the old interval meant "every point": it follows a new interval unless given.
+    const appIntervalSeconds = changes.appIntervalSeconds ?? (row.app_interval_seconds === row.interval_seconds ? intervalSeconds : row.app_interval_seconds);
+    const retentionSeconds = changes.retentionSeconds ?? row.retention_seconds;
+    if (appIntervalSeconds < intervalSeconds) {
+      throw new FerryError('invalid-request', `the app-consistent interval (${appIntervalSeconds}s) must be at least the interval (${intervalSeconds}s)`);
+    }
+    if (retentionSeconds < intervalSeconds) {
+      throw new FerryError('invalid-request', `retention (${retentionSeconds}s) must be at least the interval (${intervalSeconds}s)`);
+    }
+    const updated: PolicyRow = {
+      ...row,
+      interval_seconds: intervalSeconds,
+      app_interval_seconds: appIntervalSeconds,
+      retention_seconds: retentionSeconds,
+      keep_all_seconds: Math.min(changes.keepAllSeconds ?? row.keep_all_seconds, retentionSeconds),
+      hourly_seconds: Math.min(changes.hourlySeconds ?? row.hourly_seconds, retentionSeconds),
+      app_retention_seconds: changes.appRetentionSeconds ?? row.app_retention_seconds,
+      rpo_threshold_seconds: changes.rpoThresholdSeconds ?? row.rpo_threshold_seconds,
+    };
+    const { id, created_at: _createdAt, ...settings } = updated;
+    await this.context.db.updateTable('policies').set(settings).where('id', '=', id).execute();
+    return policyView(updated);
   }
 
   /** Creates the `default` policy if it does not exist. */

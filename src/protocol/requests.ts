@@ -50,6 +50,16 @@ export const createPolicyRequest = z.object({
   rpoThresholdSeconds: seconds.max(7 * 86400).optional(),
 });
 
+/**
+ * `PATCH /policies/{name}`: changes some of a policy's settings (the same rules as creation); the name
+ * stays. At least one key. The RPO threshold is kept unless given, even when the interval changes.
+ */
+export const updatePolicyRequest = createPolicyRequest
+  .omit({ name: true })
+  .partial()
+  .strict()
+  .refine((request) => Object.keys(request).length > 0, { message: 'give at least one setting to change' });
+
 export const updateMachineRequest = z
   .object({
     prePointCommand: z.string().max(4096).nullable().optional(),

@@ -1,6 +1,6 @@
 /**
  * Builds the HTTP server: Fastify with the auth hook, the one error handler, JSON and binary body
- * parsers, and every route group under /api/v1.
+ * parsers, every route group under /api/v1 (the live stream among them), and the portal at `/`.
  */
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { FerryCore } from '../orchestration/core.js';
@@ -13,6 +13,8 @@ import { jobRoutes } from './routes/jobs.js';
 import { machineRoutes } from './routes/machines.js';
 import { planRoutes } from './routes/plans.js';
 import { storeRoutes } from './routes/store.js';
+import { streamRoutes } from './routes/stream.js';
+import { portalRoutes } from './portal.js';
 
 /** The Fastify app serving `core`. Not yet listening. */
 export function buildApp(core: FerryCore): FastifyInstance {
@@ -35,5 +37,7 @@ export function buildApp(core: FerryCore): FastifyInstance {
   planRoutes(app, core);
   agentRoutes(app, core);
   storeRoutes(app, core);
+  streamRoutes(app, core);
+  portalRoutes(app);
   return app;
 }

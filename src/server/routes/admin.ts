@@ -1,7 +1,7 @@
 /** Routes for tokens, sites, policies and events (admin). */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
-import { createPolicyRequest, createSiteRequest, createTokenRequest, nameParam } from '../../protocol/requests.js';
+import { createPolicyRequest, createSiteRequest, createTokenRequest, nameParam, updatePolicyRequest } from '../../protocol/requests.js';
 import { siteView } from '../../orchestration/sites.js';
 import { policyView } from '../../orchestration/policies.js';
 import { z } from 'zod';
@@ -30,6 +30,9 @@ export function adminRoutes(app: FastifyInstance, core: FerryCore): void {
     return reply.status(201).send(await core.policies.create(parse(createPolicyRequest, request.body, 'policy')));
   });
   app.get('/api/v1/policies/:name', async (request) => policyView(await core.policies.get(parse(nameParam, request.params, 'policy name').name)));
+  app.patch('/api/v1/policies/:name', async (request) =>
+    core.policies.update(parse(nameParam, request.params, 'policy name').name, parse(updatePolicyRequest, request.body, 'policy settings')),
+  );
 
   app.get('/api/v1/events', async (request) => {
     const query = parse(eventsQuery, request.query, 'query');
