@@ -26,6 +26,7 @@ import { describeEnvironment, type Environment } from './environment.js';
 import { FerryCluster, sampleDelta } from './ferry-cluster.js';
 import { highestPeaks, MEMORY_SAMPLE_MS, MemorySampler, sampleMemoryDuring, type StepMemoryByProcess } from './memory.js';
 import { childrenCpu, dropCaches, duAllocated, duBytes, fileCount, fsyncFile, initClockTicks, loadAverage, run, sleep, spawnCollect, timed } from './measure.js';
+import { runConversionBenchmark } from './conversion.js';
 import { type BenchOptions, parseOptions, SCENARIOS, USAGE } from './options.js';
 import { Borg, checkTools, cpCopy, Restic, rsyncDelta, rsyncInitial } from './peers.js';
 import { measureReference, type ReferenceMeasures } from './reference.js';
@@ -434,9 +435,20 @@ async function main(): Promise<void> {
       });
     }
   } finally {
-    clearInterval(loadTimer);
     writer?.child.kill('SIGTERM');
     await cluster.stop();
+  }
+
+  // Scenario 6 needs no server: `ferry image convert` against `qemu-img convert`, from the same image.
+  try {
+    if (opts.only.has(6)) {
+      say(`scenario 6: ${SCENARIOS[6]}`);
+      const { table, results: conversions } = await runConversionBenchmark({ baseImage: base, workDir: work, ferryBin: opts.ferryBin, say, dropCachesBetween: coldReads });
+      m.conversion = conversions;
+      print(table);
+    }
+  } finally {
+    clearInterval(loadTimer);
   }
 
   const memoryTarget = peakRssTarget(memory, opts.only);

@@ -412,10 +412,17 @@ function httpChunkFetcher(jobId: string, client: ApiClient, call: <T>(operation:
       throw new FerryError('corrupt-data', `asked the server for ${hashHexes.length} chunk(s) of job ${jobId} and received ${frames.length}`);
     }
     return frames.map((frame, at) => {
-      if (frame.hashHex !== hashHexes[at] || frame.data === undefined) {
-        throw new FerryError('corrupt-data', `the server answered chunk ${hashHexes[at]} of job ${jobId} with ${frame.data === undefined ? 'a delta' : `chunk ${frame.hashHex}`}`);
+      // A zstd frame is inflated when `data` is first read: a frame that does not inflate fails there.
+      let data: Buffer | undefined;
+      try {
+        data = frame.data;
+      } catch (error) {
+        throw new FerryError('corrupt-data', `the server's answer to a chunk read of job ${jobId} holds a chunk that does not inflate (${(error as Error).message})`, { cause: error });
       }
-      return { data: frame.data, wireBytes: frame.zstdFrame?.length ?? frame.data.length };
+      if (frame.hashHex !== hashHexes[at] || data === undefined) {
+        throw new FerryError('corrupt-data', `the server answered chunk ${hashHexes[at]} of job ${jobId} with ${data === undefined ? 'a delta' : `chunk ${frame.hashHex}`}`);
+      }
+      return { data, wireBytes: frame.zstdFrame?.length ?? data.length };
     });
   };
 }

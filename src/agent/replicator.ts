@@ -1,7 +1,11 @@
 /**
  * One replication cycle of one machine: run the pre-point hook, read every disk chunk by chunk, hash,
  * send only chunks the server lacks, publish each disk's index, run the post-point hook, commit the
- * point. Reading the next window of a disk overlaps with uploading the previous one.
+ * point. A disk is read a window at a time, several windows in flight: while the next window is read,
+ * the compression pool's workers name the chunks of the others (SHA-256, the all-zero check, block
+ * fingerprints) and compress what is sent, in place in the windows' shared buffers, and the event loop
+ * talks to the server. Windows where little changed have their changed chunks gathered into one upload
+ * for many windows.
  *
  * A chunk that changed since the last point is sent as a delta when at most half of its 4 KiB blocks
  * changed: only those blocks, over the last point's chunk at the same position (its base), which the
@@ -19,7 +23,7 @@ import { FerryError } from '../errors.js';
 import { encodeChunkBatch, encodeDeltaPayload, FRAME_OVERHEAD, FrameEncoding, MAX_BATCH_BYTES, MAX_BATCH_CHUNK_BYTES, type OutgoingFrame } from '../protocol/chunk-batch.js';
 import type { Consistency, PointView, ReplicateJob } from '../protocol/views.js';
 import { blockCountOf } from '../store/chunk-delta.js';
-import { hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
+import { HASH_LENGTH, hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
 import type { DiskSource } from '../disks/disk-source.js';
 import { openDiskImage, probeDiskImage } from '../disks/formats.js';
@@ -33,10 +37,23 @@ import type { RateLimiter } from './rate-limiter.js';
 import { jobStartBody } from './resync.js';
 import { type DiskSnapshot, snapshotDisks } from './snapshots.js';
 
-/** Chunks read, hashed and sent together (16 MiB at 64 KiB chunks). */
-const WINDOW_CHUNKS = 256;
-/** Windows being sent while the next is read and hashed: keeps disk, CPU and network busy at once. */
-const UPLOADS_IN_FLIGHT = 3;
+/**
+ * Chunks read, hashed and sent together (8 MiB at 64 KiB chunks): one upload batch each. Small enough
+ * that the windows in flight, their frames and the server's copies of their batches stay well within
+ * both processes' memory budget; large enough that a window's two requests cost little.
+ */
+const WINDOW_CHUNKS = 128;
+/**
+ * Windows in flight: one being read while the others are named, compressed and sent, so the disk, the
+ * pool's workers and the network are busy at once.
+ */
+const WINDOWS_IN_FLIGHT = 4;
+/** A window is sent on its own when at least 1/SPARSE_WINDOW_SHARE of its chunks are to be sent. */
+const SPARSE_WINDOW_SHARE = 4;
+/** Changed chunks of sparse windows are gathered until they add up to this many bytes (256 chunks). */
+const GATHERED_BATCH_BYTES = 16 * 1024 * 1024;
+/** Gathered uploads under way at once (each holds its chunks' copies, and the server's batch memory). */
+const GATHERED_UPLOADS_IN_FLIGHT = 2;
 /** How long one request may keep failing (server restarting, network down) before the cycle gives up. */
 const REQUEST_DEADLINE_MS = 10 * 60_000;
 
@@ -245,31 +262,33 @@ async function readDisk(
   const sentThisCycle = new Set<string>();
   let changedBytes = 0;
   let sentBytes = 0;
-  const uploads: { sent: Promise<number>; buffer: Buffer }[] = [];
-  // Window buffers are allocated once and reused: a fresh 16 MiB buffer per window makes glibc's malloc
-  // keep freed ones around (its mmap threshold grows), so memory would climb far past what is in use.
-  const freeBuffers: Buffer[] = [];
-  const windowBytes = WINDOW_CHUNKS * chunkSize;
 
-  for (let first = 0; first < index.chunkCount; first += WINDOW_CHUNKS) {
-    const last = Math.min(first + WINDOW_CHUNKS, index.chunkCount);
-    const windowOffset = first * chunkSize;
-    const windowLength = Math.min(source.size - windowOffset, (last - first) * chunkSize);
-    const windowBuffer = freeBuffers.pop() ?? Buffer.allocUnsafe(windowBytes);
-    const buffer = windowBuffer.subarray(0, windowLength);
-    await source.read(buffer, windowLength, windowOffset);
-
+  /** Names the chunks at [first, last) (their bytes in `buffer`), records them, and sends what changed. */
+  const processWindow = async (first: number, last: number, buffer: Buffer): Promise<number> => {
+    const lengths: number[] = [];
+    for (let position = first; position < last; position++) lengths.push(index.lengthAt(position));
+    const named = deps.compression
+      ? await deps.compression.hashWindow(buffer, lengths, {
+          blockSize: fingerprints?.blockSize ?? null,
+          blocksPerChunk: fingerprints?.blocksPerChunk ?? 0,
+          // A copy of the slice: posting a view would copy its whole ArrayBuffer (the whole index).
+          previousHashes: bases ? new Uint8Array(bases.index.hashes.subarray(first * HASH_LENGTH, last * HASH_LENGTH)) : null,
+        })
+      : null;
     const candidates: Candidate[] = [];
+    let start = 0;
     for (let position = first; position < last; position++) {
-      const start = (position - first) * chunkSize;
-      const data = buffer.subarray(start, start + index.lengthAt(position));
-      const hash = isAllZero(data) ? ZERO_HASH : hashChunk(data);
+      const data = buffer.subarray(start, start + lengths[position - first]!);
+      start += data.length;
+      const hash = named ? named.hashes[position - first]! : isAllZero(data) ? ZERO_HASH : hashChunk(data);
       index.setHash(position, hash);
       // Without an earlier point, "changed" means "holds data": zero chunks cost nothing.
       const unchanged = comparable !== null && position < comparable.chunkCount ? comparable.hashAt(position).equals(hash) : hash === ZERO_HASH;
       if (fingerprints && hash !== ZERO_HASH) {
         // A zero chunk keeps its zero slots: it is never a base.
+        const computed = named?.fingerprints[position - first];
         if (unchanged && bases) fingerprints.copyFrom(bases.fingerprints, position);
+        else if (computed) fingerprints.crcs.set(computed, position * fingerprints.blocksPerChunk);
         else fingerprints.compute(position, data);
       }
       if (unchanged) continue;
@@ -289,23 +308,78 @@ async function readDisk(
       }
       candidates.push(candidate);
     }
+    if (candidates.length === 0) return 0;
+    // A window where much changed is sent from its buffer. A few changed chunks (an incremental cycle's
+    // usual window) are copied out and gathered with those of other windows: one query and one upload
+    // (one pack, one fsync on the server) for many windows instead of one each.
+    if (candidates.length >= (last - first) / SPARSE_WINDOW_SHARE) return uploadMissing(candidates, deps);
+    for (const candidate of candidates) {
+      candidate.data = Buffer.from(candidate.data); // a copy: the window buffer is reused once this returns
+      gathered.push(candidate);
+      gatheredBytes += candidate.data.length;
+    }
+    if (gatheredBytes >= GATHERED_BATCH_BYTES) await sendGathered();
+    return 0;
+  };
+  const gathered: Candidate[] = [];
+  let gatheredBytes = 0;
+  // Gathered uploads run apart from the windows (their chunks are copies), so reading goes on while
+  // one is sent; only when GATHERED_UPLOADS_IN_FLIGHT are under way does the next wait for the oldest.
+  const gatheredUploads: Promise<number>[] = [];
+  const sendGathered = async (): Promise<void> => {
+    const batch = gathered.splice(0);
+    gatheredBytes = 0;
+    if (batch.length === 0) return;
+    while (gatheredUploads.length >= GATHERED_UPLOADS_IN_FLIGHT) {
+      const sent = await gatheredUploads.shift()!; // awaited first: `sentBytes += await` would lose concurrent additions
+      sentBytes += sent;
+    }
+    const upload = uploadMissing(batch, deps);
+    upload.catch(() => undefined); // a failure is rethrown where the upload is awaited
+    gatheredUploads.push(upload);
+  };
 
-    if (candidates.length) {
-      const sent = uploadMissing(candidates, deps);
-      sent.catch(() => undefined); // a failure is rethrown where the upload is awaited, in order
-      uploads.push({ sent, buffer: windowBuffer });
-    } else {
+  // Window buffers are allocated once and reused: a fresh 16 MiB buffer per window makes glibc's malloc
+  // keep freed ones around (its mmap threshold grows), so memory would climb far past what is in use.
+  // With a pool they are its shared buffers, kept between cycles, which its workers read in place.
+  const freeBuffers: Buffer[] = [];
+  const windowBytes = Math.min(WINDOW_CHUNKS * chunkSize, Math.max(source.size, 1));
+  const inFlight: Promise<number>[] = [];
+  for (let first = 0; first < index.chunkCount; first += WINDOW_CHUNKS) {
+    // Bounded memory: at most WINDOWS_IN_FLIGHT windows are held (each holds its buffer until its chunks
+    // are sent), so at most that many buffers exist. A failed window fails the disk here, in order.
+    while (inFlight.length >= WINDOWS_IN_FLIGHT) {
+      const sent = await inFlight.shift()!;
+      sentBytes += sent;
+    }
+    const last = Math.min(first + WINDOW_CHUNKS, index.chunkCount);
+    const windowOffset = first * chunkSize;
+    const windowLength = Math.min(source.size - windowOffset, (last - first) * chunkSize);
+    const windowBuffer = freeBuffers.pop() ?? deps.compression?.takeWindow(windowBytes) ?? Buffer.allocUnsafe(windowBytes);
+    const buffer = windowBuffer.subarray(0, windowLength);
+    try {
+      await source.read(buffer, windowLength, windowOffset);
+    } catch (error) {
       freeBuffers.push(windowBuffer);
+      throw error;
     }
-    // Bounded memory: at most UPLOADS_IN_FLIGHT windows are held while their chunks are sent.
-    while (uploads.length >= UPLOADS_IN_FLIGHT) {
-      const done = uploads.shift()!;
-      sentBytes += await done.sent;
-      freeBuffers.push(done.buffer); // its chunks are sent: the buffer may be read into again
-    }
+    // Reading the next window overlaps with naming, compressing and sending this one.
+    const window = processWindow(first, last, buffer).finally(() => freeBuffers.push(windowBuffer));
+    window.catch(() => undefined); // a failure is rethrown where the window is awaited, in order
+    inFlight.push(window);
     deps.onProgress(windowOffset + windowLength);
   }
-  for (const upload of uploads) sentBytes += await upload.sent;
+  for (const window of inFlight) {
+    const sent = await window;
+    sentBytes += sent;
+  }
+  await sendGathered();
+  for (const upload of gatheredUploads.splice(0)) {
+    const sent = await upload;
+    sentBytes += sent;
+  }
+  // Every window is sent: the pool keeps the buffers for the next disk or cycle.
+  for (const buffer of freeBuffers.splice(0)) deps.compression?.giveWindow(buffer);
   return { index, fingerprints, changedBytes, sentBytes };
 }
 

@@ -7,7 +7,8 @@
  * Encodings of a frame's payload:
  *   0  raw         the chunk's bytes as they are.
  *   1  zstd        one zstd frame of the chunk's bytes (the agent compresses what it sends; the server
- *                  inflates the frame to check the name and stores the frame as is).
+ *                  inflates the frame to check the name, in its codec workers, and stores the frame
+ *                  as is).
  *   2  delta       the chunk as the blocks that changed from a base chunk the store holds (a sub-chunk
  *                  delta: a few 4 KiB writes in a 64 KiB chunk cost a few KiB, not the whole chunk):
  *                    base name   32 bytes   SHA-256 of the base chunk (the chunk at the same position
@@ -24,15 +25,17 @@
  *                  delta-base-missing, and the agent then sends the chunk whole.
  *   3  delta-zstd  one zstd frame of an encoding-2 payload (the agent uses it when that is smaller).
  *
- * Decoding is pure: it splits, inflates and bounds-checks, and describes delta frames without reading
- * the store. A batch's chunks may add up to at most MAX_BATCH_CHUNK_BYTES once inflated or rebuilt, so a
+ * Decoding is pure and cheap, as it runs on the server's event loop: it splits and bounds-checks,
+ * inflates delta-zstd payloads (a few KiB each), reads the size a zstd frame declares without inflating
+ * it (the store inflates and checks it in its codec workers), and describes delta frames without
+ * reading the store. A batch's chunks may add up to at most MAX_BATCH_CHUNK_BYTES once inflated or rebuilt, so a
  * small body cannot make the server hold gigabytes. Batching keeps a cycle of thousands of chunks to a
  * few requests over one keep-alive connection.
  */
 import { FerryError } from '../errors.js';
 import { HASH_LENGTH } from '../store/chunking.js';
 import { blockCountOf, blockLengthOf, type ChunkDelta, MAX_DELTA_BLOCK_SIZE, MIN_DELTA_BLOCK_SIZE } from '../store/chunk-delta.js';
-import { inflateZstdFrame, MAX_CHUNK_PAYLOAD } from '../store/chunk-object.js';
+import { inflateZstdFrame, MAX_CHUNK_PAYLOAD, zstdFrameContentSize } from '../store/chunk-object.js';
 
 /** Largest request body a batch may be. */
 export const MAX_BATCH_BYTES = 32 * 1024 * 1024;
@@ -58,6 +61,11 @@ export const FRAME_OVERHEAD = FRAME_HEADER;
 /**
  * One decoded frame: the chunk's claimed name, and either its bytes (with the zstd frame it arrived as,
  * if any) or, for a delta frame, the delta to rebuild it from (`delta`; no `data`).
+ *
+ * A zstd frame's `data` is inflated on first use only (then kept): the server's store checks the frame
+ * in its codec workers and never asks for `data`, so uploads are not inflated on the event loop; other
+ * readers (an agent applying a point) use `data` as if it had been inflated at once. Reading `data` of
+ * a frame that does not inflate to the size it declares throws invalid-request.
  */
 export type ChunkFrame =
   | {
@@ -166,11 +174,14 @@ export function decodeDeltaPayload(payload: Buffer, hashHex: string): ChunkDelta
 }
 
 /**
- * Splits a request body into frames, inflating compressed ones (each to at most the largest chunk
- * size) and describing delta frames (not resolved: the store does that). Throws invalid-request for a
- * body that is not this format or is truncated (naming the offset), an unknown encoding, a zstd frame
- * that does not inflate or a malformed delta (naming the chunk), or chunks adding up to more than
- * MAX_BATCH_CHUNK_BYTES.
+ * Splits a request body into frames, leaving zstd frames compressed until their `data` is read (their
+ * declared sizes checked: each at most the largest chunk size) and describing delta frames (not
+ * resolved: the store does that). Throws invalid-request for a body that is not this format or is
+ * truncated (naming the offset), an unknown encoding, a zstd frame whose header is malformed or declares
+ * no or too large a size, a delta-zstd payload that does not inflate or a malformed delta (naming the
+ * chunk), or chunks adding up to more than MAX_BATCH_CHUNK_BYTES. A zstd frame that does not inflate to
+ * what it declares is refused when its `data` is read, and by the store (invalid-request, nothing of
+ * the batch stored).
  */
 export function decodeChunkBatch(body: Buffer): ChunkFrame[] {
   if (body.length < BATCH_MAGIC.length || !body.subarray(0, BATCH_MAGIC.length).equals(BATCH_MAGIC)) {
@@ -208,10 +219,23 @@ export function decodeChunkBatch(body: Buffer): ChunkFrame[] {
       count(hashHex, payload.length);
       frames.push({ hashHex, data: payload });
     } else if (encoding === FrameEncoding.Zstd) {
-      // Bounded by what the batch may still hold, so the frames' sum is checked before inflating.
-      const data = inflate(payload, hashHex, Math.min(MAX_CHUNK_PAYLOAD, MAX_BATCH_CHUNK_BYTES - chunkBytes));
-      count(hashHex, data.length);
-      frames.push({ hashHex, data, zstdFrame: payload });
+      // Bounded by what the batch may still hold, so the frames' sum is checked before anything inflates.
+      let declared: number;
+      try {
+        declared = zstdFrameContentSize(payload, `uploaded chunk ${hashHex}`, Math.min(MAX_CHUNK_PAYLOAD, MAX_BATCH_CHUNK_BYTES - chunkBytes));
+      } catch (error) {
+        throw new FerryError('invalid-request', `${(error as Error).message}; batch rejected, nothing stored`, { cause: error });
+      }
+      count(hashHex, declared);
+      let data: Buffer | undefined;
+      frames.push({
+        hashHex,
+        zstdFrame: payload,
+        get data() {
+          data ??= inflate(payload, hashHex, declared);
+          return data;
+        },
+      });
     } else if (encoding === FrameEncoding.Delta || encoding === FrameEncoding.DeltaZstd) {
       const inflateLimit = Math.min(MAX_DELTA_PAYLOAD, MAX_DELTA_PAYLOAD - MAX_CHUNK_PAYLOAD + MAX_BATCH_CHUNK_BYTES - chunkBytes);
       const delta = decodeDeltaPayload(encoding === FrameEncoding.Delta ? payload : inflate(payload, hashHex, inflateLimit), hashHex);

@@ -42,6 +42,11 @@ export interface StoreBackend {
   get(key: string): Promise<Buffer>;
   /** `length` bytes of the object at `offset`; see the contract above for every refusal. */
   getRange(key: string, offset: number, length: number): Promise<Buffer>;
+  /**
+   * Optional: `getRange` into the caller's buffer (`target.length` bytes at `offset`), same errors, so a
+   * reader that streams much data (a restore) reuses its buffers instead of allocating one per read.
+   */
+  getRangeInto?(key: string, offset: number, target: Uint8Array): Promise<void>;
   has(key: string): Promise<boolean>;
   delete(key: string): Promise<void>;
   list(prefix: string): AsyncIterable<string>;

@@ -110,9 +110,10 @@ export function encodeChunkObject(data: Uint8Array, objectKey = '', codec: Objec
  * codec, an encrypted object without `codec.dataKey`, a failed authentication (damaged or tampered
  * ciphertext, or another key), an unencrypted object when `codec.dataKey` is set (an encrypted store
  * holds nothing else), or a compressed payload that is malformed or would inflate beyond
- * `maxLength` bytes. Does not check the bytes against their name: callers hash them.
+ * `maxLength` bytes. Does not check the bytes against their name: callers hash them. A compressed
+ * payload is inflated into `inflateInto` when given and large enough (the result is then a view of it).
  */
-export function decodeChunkObject(object: Buffer, objectKey: string, codec: ObjectCodec = PLAIN_CODEC, maxLength = MAX_CHUNK_PAYLOAD): Buffer {
+export function decodeChunkObject(object: Buffer, objectKey: string, codec: ObjectCodec = PLAIN_CODEC, maxLength = MAX_CHUNK_PAYLOAD, inflateInto?: Buffer): Buffer {
   if (object.length < HEADER_LENGTH || object[0] !== MAGIC_0 || object[1] !== MAGIC_1) {
     throw new FerryError('corrupt-data', `stored object ${objectKey} has no valid header`);
   }
@@ -129,7 +130,7 @@ export function decodeChunkObject(object: Buffer, objectKey: string, codec: Obje
   }
   let payload = object.subarray(HEADER_LENGTH);
   if (flags & ENCRYPTED) payload = decrypt(object, payload, objectKey, codec.dataKey);
-  if (flags & COMPRESSED) payload = decompress(payload, `stored object ${objectKey}`, maxLength);
+  if (flags & COMPRESSED) payload = decompress(payload, `stored object ${objectKey}`, maxLength, inflateInto);
   else if (payload.length > maxLength) {
     throw new FerryError('corrupt-data', `stored object ${objectKey} holds ${payload.length} bytes, more than the ${maxLength} allowed`);
   }
@@ -143,6 +144,15 @@ export function codecOf(object: Uint8Array): number | null {
 
 function header(flags: number): Buffer {
   return Buffer.from([MAGIC_0, MAGIC_1, FORMAT_VERSION, flags]);
+}
+
+/**
+ * The 4-byte header of an unencrypted stored object of `codec` (ChunkCodec.None or ChunkCodec.Zstd):
+ * followed by the bytes, or by a zstd frame of them, it is the whole object. Lets a caller that holds
+ * the payload already (an upload) store the object as two parts, without copying the payload.
+ */
+export function plainObjectHeader(codec: typeof ChunkCodec.None | typeof ChunkCodec.Zstd): Buffer {
+  return header(codec);
 }
 
 function associatedData(head: Uint8Array, objectKey: string): Buffer {
@@ -172,10 +182,11 @@ function compress(data: Uint8Array, level: number): Buffer | null {
 /**
  * Inflates a zstd frame of at most `maxLength` bytes (its declared content size is checked before any
  * allocation). Throws corrupt-data naming `what` for a malformed frame, one without a content size or
- * one larger than `maxLength`.
+ * one larger than `maxLength`. With `scratch` large enough, the bytes are inflated into it and the
+ * result is a view of it (valid until the caller reuses it); otherwise into a new buffer.
  */
-export function inflateZstdFrame(frame: Uint8Array, what: string, maxLength = MAX_CHUNK_PAYLOAD): Buffer {
-  return decompress(frame, what, maxLength);
+export function inflateZstdFrame(frame: Uint8Array, what: string, maxLength = MAX_CHUNK_PAYLOAD, scratch?: Buffer): Buffer {
+  return decompress(frame, what, maxLength, scratch);
 }
 
 /**
@@ -186,21 +197,61 @@ export function compressChunk(data: Uint8Array, level: number): Buffer | null {
   return data.length > 0 ? compress(data, level) : null;
 }
 
-/** Inflates `frame`; `what` names it in errors ("stored object chunks/ab/...", "uploaded chunk ..."). */
-function decompress(frame: Uint8Array, what: string, maxLength: number): Buffer {
+/**
+ * The size a zstd frame says it inflates to, checked without inflating it: throws corrupt-data naming
+ * `what` for a malformed frame header, one without a content size or one larger than `maxLength`.
+ * (Inflating later also checks that the frame holds exactly that many bytes.)
+ */
+export function zstdFrameContentSize(frame: Uint8Array, what: string, maxLength = MAX_CHUNK_PAYLOAD): number {
   let contentSize: number | null;
   try {
     contentSize = zstd.getFrameContentSize(frame);
   } catch (error) {
     throw new FerryError('corrupt-data', `${what} has a malformed zstd frame: ${(error as Error).message}`);
   }
-  // Every frame this code writes records its size; checking it first keeps a damaged or hostile frame
-  // from making us allocate more than the largest object there can be.
   if (contentSize === null || contentSize > maxLength) {
     throw new FerryError('corrupt-data', `${what} has a zstd frame of ${contentSize === null ? 'unknown' : contentSize} bytes (at most ${maxLength} allowed)`);
   }
+  return contentSize;
+}
+
+/**
+ * Like `compressChunk`, but writes the frame into `output` (from its start) instead of allocating one:
+ * returns the frame's length, or -1 when compression would not make `data` smaller than `output` allows
+ * (give it `data.length - 1` bytes or more to get every frame smaller than `data`). Checked by a round
+ * trip into a reused scratch buffer, so a returned frame always inflates back to `data`. For callers that
+ * compress many chunks (the agent's workers) and would otherwise make garbage of three buffers a chunk.
+ */
+export function compressChunkInto(data: Uint8Array, level: number, output: Uint8Array): number {
+  if (data.length === 0 || output.length === 0) return -1;
+  compressionContext ??= new zstd.CCtx();
+  let length: number;
+  try {
+    length = compressionContext.compress(output, data, level);
+  } catch {
+    return -1; // the frame does not fit: not smaller than allowed
+  }
+  if (length >= data.length) return -1;
   decompressionContext ??= new zstd.DCtx();
-  const output = Buffer.allocUnsafe(contentSize);
+  if (roundTripScratch.length < data.length) roundTripScratch = Buffer.allocUnsafe(Math.max(data.length, 64 * 1024));
+  const check = roundTripScratch.subarray(0, data.length);
+  try {
+    if (decompressionContext.decompress(check, output.subarray(0, length)) !== data.length) return -1;
+  } catch {
+    return -1;
+  }
+  return Buffer.compare(check, data) === 0 ? length : -1;
+}
+
+let roundTripScratch = Buffer.alloc(0);
+
+/** Inflates `frame`; `what` names it in errors ("stored object chunks/ab/...", "uploaded chunk ..."). */
+function decompress(frame: Uint8Array, what: string, maxLength: number, scratch?: Buffer): Buffer {
+  // Every frame this code writes records its size; checking it first keeps a damaged or hostile frame
+  // from making us allocate more than the largest object there can be.
+  const contentSize = zstdFrameContentSize(frame, what, maxLength);
+  decompressionContext ??= new zstd.DCtx();
+  const output = scratch && scratch.length >= contentSize ? scratch.subarray(0, contentSize) : Buffer.allocUnsafe(contentSize);
   let written: number;
   try {
     written = decompressionContext.decompress(output, frame);

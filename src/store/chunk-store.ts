@@ -24,10 +24,13 @@ import { FerryError } from '../errors.js';
 import type { StoreBackend } from './backend.js';
 import { type CatalogEntry, ChunkCatalog, type ChunkContainer } from './chunk-catalog.js';
 import { applyDelta, type ChunkDelta } from './chunk-delta.js';
+import { ingestChunkParts, type IngestInput } from './chunk-checks.js';
+import { type ChunkCodecPool, sharedChunkCodecPool } from './chunk-codec-pool.js';
 import { hashChunk, isAllZero, isHashHex } from './chunking.js';
-import { decodeChunkObject, encodeChunkObject } from './chunk-object.js';
+import { decodeChunkObject, encodeChunkObject, plainObjectHeader } from './chunk-object.js';
 import { DiskIndex } from './disk-index.js';
 import { buildPack, isPackKey, newPackKey, readPackDirectory } from './pack.js';
+import { isShared } from '../util/worker-pool.js';
 import { openStoreConfig, PLAIN_STORE_SETTINGS, type StoreConfig, type StoreOpenOptions, type StoreSettings } from './store-config.js';
 
 /** Largest index object decoded: far above the 256 MiB the API accepts, far below what a Buffer can hold. */
@@ -40,14 +43,20 @@ const RAW_INDEX_MAGIC = Buffer.from('FRYIDX1\n', 'latin1');
 const PACK_TARGET_BYTES = 64 * 1024 * 1024;
 /** Most bytes `getChunks` reads from a pack in one range read. */
 const MAX_COALESCED_READ = 8 * 1024 * 1024;
+/** Range reads `readChunksInto` keeps in flight. */
+const RUN_READS_IN_FLIGHT = 4;
 /** Backend calls in flight when checking, touching or cataloguing many objects. */
 const IO_CONCURRENCY = 32;
 
 /** One chunk to store: its claimed name (SHA-256 hex) and its bytes. */
 export interface ChunkToStore {
   hashHex: string;
+  /** The chunk's bytes; not read when `zstdFrame` is given (a decoded upload inflates them only when read). */
   data: Uint8Array;
-  /** A zstd frame known to inflate exactly to `data` (an agent's upload, checked on decoding): stored as is. */
+  /**
+   * A zstd frame of `data` (an agent's upload): the store checks the chunk by inflating this frame, in
+   * its codec workers for a large batch, and stores the frame as it is when it is smaller.
+   */
   zstdFrame?: Uint8Array;
   /** Set when `data` was rebuilt from a delta over this base chunk (named in a hash mismatch). */
   rebuiltFrom?: string;
@@ -61,6 +70,9 @@ export interface DeltaChunkToStore {
 
 /** A chunk as an upload brings it: whole, or as a delta the store resolves against its base. */
 export type ChunkUpload = ChunkToStore | DeltaChunkToStore;
+
+/** Batches of at least this many payload bytes are checked and encoded in the codec pool, smaller ones inline. */
+const POOL_INGEST_MIN_BYTES = 256 * 1024;
 
 /**
  * Decides which of a batch's chunks the store already holds, keeping those alive for garbage collection
@@ -94,6 +106,11 @@ export class ChunkStore {
   private loadingCatalog: Promise<ChunkCatalog> | null = null;
   /** Packs and loose objects that could not be catalogued when the store was opened. */
   readonly damagedContainers: DamagedContainer[] = [];
+  /**
+   * The worker threads that check and encode large upload batches and decode chunks for `readChunksInto`;
+   * null (the default) for the process's shared pool (`sharedChunkCodecPool`). Tests set their own.
+   */
+  codecPool: ChunkCodecPool | null = null;
 
   /**
    * A store with the given settings, trusted as they are (no config is read). Without settings: plain
@@ -159,26 +176,27 @@ export class ChunkStore {
 
   /**
    * Stores a batch of chunks: first every delta is rebuilt from its base (`resolveDeltas`:
-   * delta-base-missing when a base cannot be read) and every chunk is checked (see `checkChunks`), so a
-   * batch with one bad chunk stores nothing; then `gate` says which the store already holds; the rest are encoded and
-   * written as one pack (several for a batch beyond 64 MiB), durably, before this resolves. A rebuilt
-   * chunk is compressed here, under the store's codec. Returns how many were received and how many
-   * newly stored.
+   * delta-base-missing when a base cannot be read) and every chunk is checked and encoded
+   * (`ingestChunk`: a compressed one inflated, its bytes hashing to its name, not all zeros; in the codec
+   * pool for a large batch), so a batch with one bad chunk stores nothing; then `gate` says which the
+   * store already holds; the rest are written as one pack (several for a batch beyond 64 MiB), durably,
+   * before this resolves. A rebuilt chunk is compressed under the store's codec. Returns how many were
+   * received and how many newly stored.
    */
   async putChunks(uploads: readonly ChunkUpload[], gate: PresenceGate = (hashes) => this.touchChunks(hashes)): Promise<{ received: number; stored: number }> {
     const chunks = await this.resolveDeltas(uploads);
-    this.checkChunks(chunks);
+    const objects = await this.checkAndEncode(chunks);
     const catalog = await this.catalog();
     const present = await gate(chunks.map((chunk) => chunk.hashHex));
-    const toWrite: { name: string; object: Buffer }[] = [];
+    const toWrite: { name: string; object: Uint8Array[] }[] = [];
     const queued = new Set<string>();
     let pending = 0;
     const flush = async () => {
-      const objects = toWrite.splice(0);
+      const batch = toWrite.splice(0);
       pending = 0;
-      if (objects.length === 0) return;
+      if (batch.length === 0) return;
       const packKey = newPackKey();
-      const pack = buildPack(packKey, objects, this.settings.codec);
+      const pack = buildPack(packKey, batch, this.settings.codec);
       await this.backend.put(packKey, pack.parts);
       const now = Date.now();
       catalog.add({ key: packKey, kind: 'pack', size: pack.size, modifiedAt: now }, pack.entries, now);
@@ -186,10 +204,9 @@ export class ChunkStore {
     for (const [position, chunk] of chunks.entries()) {
       if (present[position] || queued.has(chunk.hashHex)) continue;
       queued.add(chunk.hashHex);
-      const name = this.chunkObjectName(chunk.hashHex);
-      const object = encodeChunkObject(chunk.data, chunkKey(name), this.settings.codec, chunk.zstdFrame);
-      toWrite.push({ name, object });
-      pending += object.length;
+      const object = objects[position]!;
+      toWrite.push({ name: objects.names[position]!, object });
+      for (const part of object) pending += part.length;
       if (pending >= PACK_TARGET_BYTES) await flush();
     }
     await flush();
@@ -197,9 +214,38 @@ export class ChunkStore {
   }
 
   /**
+   * Every chunk checked and encoded as its stored object, as parts (`ingestChunkParts`: a payload kept
+   * as uploaded is not copied), in input order, with the object names: in the codec pool when the batch is large, so the event loop stays free, else inline.
+   * Throws the first refusal: invalid-request for a name that is not SHA-256 hex, a frame that does not
+   * inflate or an all-zero chunk; chunk-hash-mismatch.
+   */
+  private async checkAndEncode(chunks: readonly ChunkToStore[]): Promise<Uint8Array[][] & { names: string[] }> {
+    const names = chunks.map((chunk) => this.chunkObjectName(chunk.hashHex)); // invalid-request for a bad name
+    // A chunk that came with a zstd frame (known or claimed to inflate to it) is checked through the
+    // frame, which is then kept as its stored payload when smaller (encodeChunkObject's `zstdFrame`).
+    const inputs: IngestInput[] = chunks.map((chunk, position) => ({
+      hashHex: chunk.hashHex,
+      payload: chunk.zstdFrame ?? chunk.data,
+      compressed: chunk.zstdFrame !== undefined,
+      objectKey: chunkKey(names[position]!),
+      rebuiltFrom: chunk.rebuiltFrom ?? null,
+    }));
+    const payloadBytes = inputs.reduce((total, input) => total + input.payload.length, 0);
+    const objects =
+      payloadBytes >= POOL_INGEST_MIN_BYTES
+        ? await (this.codecPool ?? sharedChunkCodecPool()).ingest(inputs, this.settings.codec)
+        : inputs.map((input) => {
+            const stored = ingestChunkParts(input, this.settings.codec);
+            return typeof stored === 'number' ? [plainObjectHeader(stored), input.payload] : [stored];
+          });
+    return Object.assign(objects, { names });
+  }
+
+  /**
    * The uploads as whole chunks, in input order: a whole chunk as it is, a delta rebuilt from its base
-   * (read and checked like `getChunk`, several at once; every base is read before anything is stored).
-   * Does not check the results against their names (`checkChunks` does). Throws delta-base-missing, not retryable,
+   * (read and checked like `getChunk`, several at once; every base is read before anything is stored),
+   * Does not check the results against their names
+   * (`putChunks` does). Throws delta-base-missing, not retryable,
    * naming the chunk and its base, when a base is not in the store, does not read back sound, or is not
    * the delta's length: the agent then sends that chunk whole.
    */
@@ -208,12 +254,24 @@ export class ChunkStore {
     if (deltas.length === 0) return uploads as ChunkToStore[];
     const baseNames = [...new Set(deltas.map((upload) => upload.delta.baseHashHex))];
     const bases = new Map<string, Buffer>();
+    const pool = this.codecPool ?? sharedChunkCodecPool();
+    let basesBuffer: Buffer | null = null;
     try {
-      // Bases lie scattered over the packs of earlier points, one small read each: read them in
-      // parallel (getChunks reads one run after another, made for restoring a disk in order).
-      const read = await mapLimited(baseNames, IO_CONCURRENCY, (name) => this.getChunk(name));
-      baseNames.forEach((name, position) => bases.set(name, read[position]!));
+      // Bases lie scattered over the packs of earlier points: read a few at a time and decoded and
+      // checked in the codec pool, into one shared buffer (a base must be the delta's length).
+      const lengths = baseNames.map((name) => deltas.find((upload) => upload.delta.baseHashHex === name)!.delta.chunkLength);
+      const offsets: number[] = [];
+      let total = 0;
+      for (const length of lengths) {
+        offsets.push(total);
+        total += length;
+      }
+      const read = pool.takeShared(total);
+      basesBuffer = read;
+      await this.readChunksInto(baseNames, read, offsets, lengths);
+      baseNames.forEach((name, position) => bases.set(name, read.subarray(offsets[position]!, offsets[position]! + lengths[position]!)));
     } catch (error) {
+      if (basesBuffer) pool.giveShared(basesBuffer); // readChunksInto settled: nothing writes into it
       if (!(error instanceof FerryError) || (error.code !== 'not-found' && error.code !== 'corrupt-data')) throw error;
       const base = typeof error.details?.hash === 'string' ? error.details.hash : null;
       const upload = deltas.find((each) => each.delta.baseHashHex === base) ?? deltas[0]!;
@@ -223,11 +281,13 @@ export class ChunkStore {
         { details: { hash: upload.hashHex, base: upload.delta.baseHashHex }, cause: error },
       );
     }
-    return uploads.map((upload) => {
+    const rebuilt = uploads.map((upload) => {
       if (!isDelta(upload)) return upload;
-      const data = applyDelta(upload.hashHex, bases.get(upload.delta.baseHashHex)!, upload.delta);
+      const data = applyDelta(upload.hashHex, bases.get(upload.delta.baseHashHex)!, upload.delta); // a copy of its base
       return { hashHex: upload.hashHex, data, rebuiltFrom: upload.delta.baseHashHex };
     });
+    pool.giveShared(basesBuffer!);
+    return rebuilt;
   }
 
   /**
@@ -333,6 +393,90 @@ export class ChunkStore {
       }
     }
     return results;
+  }
+
+  /**
+   * Reads the chunks named `hashHexes` into `output` (a view of a SharedArrayBuffer), chunk i at
+   * `outputAt[i]`, `chunkLengths[i]` bytes long: like `getChunks` (same errors, and a chunk must also
+   * be exactly its length), but decoded and checked in the codec pool, each run of entries lying back
+   * to back in a pack read with one range read while the previous runs decode. For restoring disks:
+   * the event loop only reads and hands over bytes. With `readBuffer` (a view of a SharedArrayBuffer,
+   * reused by the caller between calls) and a backend that reads into buffers, the stored objects are
+   * read into it while they fit, so a restore allocates nothing per read.
+   */
+  async readChunksInto(hashHexes: readonly string[], output: Uint8Array, outputAt: readonly number[], chunkLengths: readonly number[], readBuffer?: Uint8Array): Promise<void> {
+    const catalog = await this.catalog();
+    const pool = this.codecPool ?? sharedChunkCodecPool();
+    const outputBuffer = Buffer.from(output.buffer, output.byteOffset, output.byteLength);
+    const wanted = hashHexes.map((hashHex, position) => ({ hashHex, position, name: this.chunkObjectName(hashHex), entry: undefined as CatalogEntry | undefined }));
+    for (const chunk of wanted) chunk.entry = catalog.get(chunk.name);
+    const readOneByOne = async (chunk: (typeof wanted)[number]) => {
+      const data = await this.getChunk(chunk.hashHex); // not catalogued, loose, or moved: the slow, careful path
+      if (data.length !== chunkLengths[chunk.position]) {
+        throw new FerryError('corrupt-data', `stored chunk ${chunk.hashHex} is ${data.length} bytes, not the ${chunkLengths[chunk.position]} bytes expected`, { details: { hash: chunk.hashHex } });
+      }
+      data.copy(outputBuffer, outputAt[chunk.position]!);
+    };
+    const packed: typeof wanted = [];
+    for (const chunk of wanted) {
+      if (chunk.entry?.container.kind === 'pack') packed.push(chunk);
+      else await readOneByOne(chunk);
+    }
+    packed.sort((a, b) => (a.entry!.container.key < b.entry!.container.key ? -1 : a.entry!.container.key > b.entry!.container.key ? 1 : a.entry!.offset - b.entry!.offset));
+    const runs: (typeof packed)[] = [];
+    for (let start = 0; start < packed.length; ) {
+      const first = packed[start]!.entry!;
+      let end = start + 1;
+      let runEnd = first.offset + first.length;
+      while (end < packed.length) {
+        const next = packed[end]!.entry!;
+        if (next.container !== first.container || next.offset !== runEnd || next.offset + next.length - first.offset > MAX_COALESCED_READ) break;
+        runEnd = next.offset + next.length;
+        end++;
+      }
+      runs.push(packed.slice(start, end));
+      start = end;
+    }
+    // A few runs are read at once (scattered chunks, like a batch's delta bases, are many small reads),
+    // each decoded in the pool as soon as it is read. Once this settles, nothing writes into `output`.
+    let failure: unknown = null;
+    let readBufferUsed = 0;
+    const readInto = this.backend.getRangeInto?.bind(this.backend);
+    const shared = readBuffer && isShared(readBuffer) ? Buffer.from(readBuffer.buffer, readBuffer.byteOffset, readBuffer.byteLength) : null;
+    await mapLimited(runs, RUN_READS_IN_FLIGHT, async (run) => {
+      if (failure) return;
+      const first = run[0]!.entry!;
+      const last = run.at(-1)!.entry!;
+      const length = last.offset + last.length - first.offset;
+      try {
+        let bytes: Buffer;
+        try {
+          if (readInto && shared && readBufferUsed + length <= shared.length) {
+            bytes = shared.subarray(readBufferUsed, readBufferUsed + length);
+            readBufferUsed += length;
+            await readInto(first.container.key, first.offset, bytes);
+          } else {
+            bytes = await this.backend.getRange(first.container.key, first.offset, length);
+          }
+        } catch (error) {
+          if (!(error instanceof FerryError) || error.code !== 'not-found') throw error;
+          for (const chunk of run) await readOneByOne(chunk); // moved or gone: decide one by one
+          return;
+        }
+        const objects = run.map((chunk) => ({
+          at: chunk.entry!.offset - first.offset,
+          objectLength: chunk.entry!.length,
+          objectKey: chunkKey(chunk.name),
+          hashHex: chunk.hashHex,
+          chunkLength: chunkLengths[chunk.position]!,
+          outputAt: outputAt[chunk.position]!,
+        }));
+        await pool.decode(bytes, objects, output, this.settings.codec);
+      } catch (error) {
+        failure ??= error;
+      }
+    });
+    if (failure) throw failure;
   }
 
   /** True when the chunk named `hashHex` is stored: catalogued, and its pack still on the backend. */

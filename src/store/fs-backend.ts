@@ -46,6 +46,12 @@ export class FilesystemBackend implements StoreBackend {
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const buffer = Buffer.allocUnsafe(length);
+    await this.getRangeInto(key, offset, buffer, length);
+    return buffer;
+  }
+
+  async getRangeInto(key: string, offset: number, target: Uint8Array, length = target.length): Promise<void> {
     const filePath = this.pathOf(key);
     assertValidRange(key, offset, length);
     let handle;
@@ -60,16 +66,14 @@ export class FilesystemBackend implements StoreBackend {
       if (length === 0 && offset > (await handle.stat()).size) {
         throw new FerryError('corrupt-data', `object '${key}' ends before byte ${offset}: it is truncated`);
       }
-      const buffer = Buffer.allocUnsafe(length);
       let filled = 0;
       while (filled < length) {
-        const { bytesRead } = await handle.read(buffer, filled, length - filled, offset + filled);
+        const { bytesRead } = await handle.read(target, filled, length - filled, offset + filled);
         if (bytesRead === 0) {
           throw new FerryError('corrupt-data', `object '${key}' ends at byte ${offset + filled}, before the ${length} bytes asked for at ${offset}: it is truncated`);
         }
         filled += bytesRead;
       }
-      return buffer;
     } catch (error) {
       if (error instanceof FerryError) throw error;
       throw ioError(`read ${key}`, error);

@@ -62,11 +62,11 @@ export interface BuiltPack {
 }
 
 /**
- * Builds a pack holding `objects` (each an already encoded chunk object under its name), with its
- * directory encoded under `codec` and bound to `packKey`. The objects are not copied: the parts refer to
+ * Builds a pack holding `objects` (each an already encoded chunk object under its name, whole or as
+ * parts to join), with its directory encoded under `codec` and bound to `packKey`. The objects are not copied: the parts refer to
  * them, so a pack is written without ever being joined in memory.
  */
-export function buildPack(packKey: string, objects: readonly { name: string; object: Uint8Array }[], codec: ObjectCodec): BuiltPack {
+export function buildPack(packKey: string, objects: readonly { name: string; object: Uint8Array | readonly Uint8Array[] }[], codec: ObjectCodec): BuiltPack {
   const entries: PackEntry[] = [];
   const parts: Buffer[] = [PACK_MAGIC];
   let offset = PACK_MAGIC.length;
@@ -75,11 +75,13 @@ export function buildPack(packKey: string, objects: readonly { name: string; obj
   objects.forEach(({ name, object }, position) => {
     const at = 4 + position * DIRECTORY_ENTRY_LENGTH;
     if (Buffer.from(name, 'hex').copy(directory, at) !== NAME_LENGTH) throw new FerryError('internal', `pack entry name '${name}' is not 32 bytes of hex`);
+    const objectParts = object instanceof Uint8Array ? [object] : object;
+    const length = objectParts.reduce((total, part) => total + part.length, 0);
     directory.writeUInt32LE(offset, at + NAME_LENGTH);
-    directory.writeUInt32LE(object.length, at + NAME_LENGTH + 4);
-    entries.push({ name, offset, length: object.length });
-    parts.push(Buffer.from(object.buffer, object.byteOffset, object.byteLength));
-    offset += object.length;
+    directory.writeUInt32LE(length, at + NAME_LENGTH + 4);
+    entries.push({ name, offset, length });
+    for (const part of objectParts) parts.push(Buffer.from(part.buffer, part.byteOffset, part.byteLength));
+    offset += length;
   });
   const encodedDirectory = encodeChunkObject(directory, packKey, codec);
   const trailer = Buffer.alloc(TRAILER_LENGTH);

@@ -3,20 +3,27 @@
  * sparse), every other chunk is read from the store, checked against its hash and written at its
  * offset. The file appears under its final name only once complete and fsynced.
  *
- * The index is restored a window of chunks at a time, several windows at once: a window's chunks are
- * read with `ChunkStore.getChunks` (chunks stored back to back in a pack come in one read) and
- * written with one `writev` per run of consecutive non-zero chunks.
+ * The index is restored a window of chunks at a time, several windows at once, so the disk and every
+ * core stay busy: a window's chunks are read with `ChunkStore.readChunksInto` (chunks stored back to
+ * back in a pack come in one read), decoded and checked in the store's codec pool (worker threads:
+ * decryption, zstd, SHA-256) straight into the window's shared buffer, and written with one write per
+ * run of consecutive non-zero chunks, while the other windows read and decode. Memory is bounded and
+ * allocated once per restore: two shared buffers per window in flight (the stored objects read, the
+ * chunks decoded).
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fsyncDirectory, writeAllAt } from '../util/durable-fs.js';
+import { sharedBuffer } from '../util/worker-pool.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { DiskIndex } from './disk-index.js';
 
-/** Chunks restored together (16 MiB at 64 KiB chunks). */
-const WINDOW_CHUNKS = 256;
-/** Windows being read, checked and written at once. */
-const WINDOWS_IN_FLIGHT = 3;
+/** Chunks restored together (8 MiB at 64 KiB chunks). */
+const WINDOW_CHUNKS = 128;
+/** Bytes a stored object may add to its chunk (header, nonce, tag): a window's objects fit its read buffer. */
+const OBJECT_OVERHEAD = 64;
+/** Windows being read, decoded and written at once (64 MiB of buffers): enough to keep the decoding workers and the disk busy. */
+const WINDOWS_IN_FLIGHT = 4;
 
 /** Writes `index`'s disk to `outputPath` as a sparse raw file; `onProgress` gets bytes done so far. */
 export async function restoreDiskToFile(
@@ -31,17 +38,31 @@ export async function restoreDiskToFile(
     await handle.truncate(index.diskSize);
     let doneBytes = 0;
     let nextWindow = 0;
+    const windowBytes = Math.min(WINDOW_CHUNKS * index.chunkSize, Math.max(index.diskSize, 1));
+    let failed = false;
     const worker = async () => {
-      while (nextWindow < index.chunkCount) {
+      // Each worker reuses two shared buffers: stored objects are read into one, decoders write the
+      // chunks into the other, and the file is written from that.
+      const buffer = sharedBuffer(windowBytes);
+      const readBuffer = sharedBuffer(windowBytes + WINDOW_CHUNKS * OBJECT_OVERHEAD);
+      while (nextWindow < index.chunkCount && !failed) {
         const first = nextWindow;
         nextWindow += WINDOW_CHUNKS;
         const last = Math.min(first + WINDOW_CHUNKS, index.chunkCount);
-        await restoreWindow(store, index, handle, first, last);
+        await restoreWindow(store, index, handle, buffer, readBuffer, first, last);
         for (let position = first; position < last; position++) doneBytes += index.lengthAt(position);
         onProgress(doneBytes);
       }
     };
-    await Promise.all(Array.from({ length: WINDOWS_IN_FLIGHT }, worker));
+    const workers = Array.from({ length: WINDOWS_IN_FLIGHT }, () =>
+      worker().catch((error: unknown) => {
+        failed = true; // the others stop taking windows
+        throw error;
+      }),
+    );
+    const results = await Promise.allSettled(workers); // none still writes once this returns
+    const failure = results.find((result) => result.status === 'rejected');
+    if (failure) throw failure.reason;
     await handle.sync();
   } catch (error) {
     await handle.close();
@@ -53,16 +74,28 @@ export async function restoreDiskToFile(
   await fsyncDirectory(path.dirname(outputPath));
 }
 
-/** Reads the non-zero chunks at positions [first, last) and writes them, one writev per consecutive run. */
-async function restoreWindow(store: ChunkStore, index: DiskIndex, handle: fs.FileHandle, first: number, last: number): Promise<void> {
+/**
+ * Reads and decodes the non-zero chunks at positions [first, last) into `buffer` (chunk `position` at
+ * `(position - first) * chunkSize`), then writes each run of consecutive ones with one write.
+ */
+async function restoreWindow(store: ChunkStore, index: DiskIndex, handle: fs.FileHandle, buffer: Buffer, readBuffer: Buffer, first: number, last: number): Promise<void> {
   const positions: number[] = [];
   for (let position = first; position < last; position++) if (!index.isZeroAt(position)) positions.push(position);
   if (positions.length === 0) return;
-  const chunks = await store.getChunks(positions.map((position) => index.hashAt(position).toString('hex')));
+  const at = (position: number) => (position - first) * index.chunkSize;
+  await store.readChunksInto(
+    positions.map((position) => index.hashAt(position).toString('hex')),
+    buffer,
+    positions.map(at),
+    positions.map((position) => index.lengthAt(position)),
+    readBuffer,
+  );
   for (let start = 0; start < positions.length; ) {
     let end = start + 1;
     while (end < positions.length && positions[end] === positions[end - 1]! + 1) end++;
-    await writeAllAt(handle, chunks.slice(start, end), positions[start]! * index.chunkSize);
+    const from = positions[start]!;
+    const to = positions[end - 1]!;
+    await writeAllAt(handle, [buffer.subarray(at(from), at(to) + index.lengthAt(to))], from * index.chunkSize);
     start = end;
   }
 }

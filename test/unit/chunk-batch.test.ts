@@ -96,6 +96,17 @@ describe('chunk batch framing', () => {
     const bomb = compressChunk(Buffer.alloc(80 * 1024 * 1024, 1), 1)!; // declares 80 MiB: over the 64 MiB limit
     assert.throws(() => decodeChunkBatch(body([{ hash: frame.hash, payload: bomb, encoding: FrameEncoding.Zstd }])), ferryError('invalid-request', ['at most']));
   });
+
+  test('a zstd frame is inflated only when its data is read (the store checks frames in its workers)', () => {
+    const frame = compressed('lazy ');
+    const broken = Buffer.from(frame.payload);
+    broken[broken.length - 5]! ^= 0xff; // its header still declares the size: only inflating tells
+    const [decoded] = decodeChunkBatch(body([{ ...frame, payload: broken }]));
+    assert.deepEqual(decoded!.zstdFrame, broken);
+    assert.throws(() => decoded!.data, ferryError('invalid-request', [Buffer.from(frame.hash).toString('hex'), 'nothing stored']));
+    const [sound] = decodeChunkBatch(body([frame]));
+    assert.equal(sound!.data, sound!.data, 'inflated once, then kept');
+  });
 });
 
 /** A delta frame for a chunk made from `base` with `changed` 4 KiB blocks rewritten at random. */

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
-import { collect, makeTempDir, tempDirFor } from './helpers.js';
+import { collect, ferryError, makeTempDir, tempDirFor } from './helpers.js';
 import { storeBackendConformance } from './store-backend-conformance.js';
 
 storeBackendConformance(
@@ -67,5 +67,15 @@ describe('FilesystemBackend when its directories change underneath', () => {
     await fs.rm(path.join(root, 'chunks'), { recursive: true });
     await backend.put('chunks/ab/ab02', Buffer.from('two'));
     assert.deepEqual(await backend.get('chunks/ab/ab02'), Buffer.from('two'));
+  });
+
+  test('getRangeInto reads a range into the caller\'s buffer, with getRange\'s errors', async (t) => {
+    const backend = new FilesystemBackend(path.join(await tempDirFor(t), 'store'));
+    await backend.put('packs/ab/ab01', Buffer.from('0123456789'));
+    const target = Buffer.alloc(4);
+    await backend.getRangeInto('packs/ab/ab01', 3, target);
+    assert.equal(target.toString(), '3456');
+    await assert.rejects(backend.getRangeInto('packs/ab/ab01', 8, target), ferryError('corrupt-data', ['truncated']));
+    await assert.rejects(backend.getRangeInto('packs/ab/gone', 0, target), ferryError('not-found'));
   });
 });

@@ -1,0 +1,181 @@
+/**
+ * The store's chunk codec pool: worker threads (chunk-codec-worker.ts) that decode stored chunks for a
+ * restore and check and encode uploaded chunks for storing, so the server's event loop only moves bytes
+ * between the network, the disk and the workers, and a restore or an upload uses every core.
+ *
+ * One pool serves the whole process (`sharedChunkCodecPool`), created on first use. Its idle workers do
+ * not keep the process alive, so a server or a test that never closes it still exits; tests that want
+ * their own pool construct one and close it.
+ */
+import os from 'node:os';
+import { FerryError } from '../errors.js';
+import { isShared, SharedBufferCache, siblingWorkerPath, WorkerPool } from '../util/worker-pool.js';
+import type { ChunkCodecRequest, ChunkCodecResult, IngestRequest } from './chunk-codec-worker.js';
+import type { IngestInput } from './chunk-checks.js';
+import { ChunkCodec, type ObjectCodec, plainObjectHeader } from './chunk-object.js';
+
+/** Size of an ingest staging buffer: an agent's usual batch (a window of 128 chunks, or a gathered 16 MiB) fits. */
+const STAGING_BYTES = 16 * 1024 * 1024 + 64 * 1024;
+/** Staging buffers kept for reuse: as many as batches usually arrive at once. */
+const STAGING_KEPT = 4;
+
+/** One stored chunk object for `ChunkCodecPool.decode`: where it lies, what it must be, where it goes. */
+export interface ObjectToDecode {
+  /** Offset of the object in the `objects` buffer, and its length. */
+  at: number;
+  objectLength: number;
+  /** The backend key it is stored under (errors name it; an encrypted object is bound to it). */
+  objectKey: string;
+  /** The chunk's name: the decoded bytes must hash to it. */
+  hashHex: string;
+  /** The chunk's length: the decoded bytes must be exactly this long. */
+  chunkLength: number;
+  /** Where the decoded bytes go in the output buffer. */
+  outputAt: number;
+}
+
+/** Worker threads decoding and encoding chunks; see the module comment. */
+export class ChunkCodecPool {
+  private readonly pool: WorkerPool<ChunkCodecRequest, ChunkCodecResult>;
+  /**
+   * Shared buffers for a batch's worth of chunks (16 MiB and a little), reused: ingest stages payloads in
+   * them, and the store reads delta bases into them (`takeShared`).
+   */
+  private readonly sharedBuffers = new SharedBufferCache(STAGING_BYTES, STAGING_KEPT);
+
+  /** Starts `size` workers: by default one per core, at least two, at most four. */
+  constructor(size = Math.min(4, Math.max(2, os.availableParallelism()))) {
+    this.pool = new WorkerPool(siblingWorkerPath(import.meta.url, 'chunk-codec-worker'), size, 'chunk codec');
+  }
+
+  /** Number of worker threads. */
+  get size(): number {
+    return this.pool.size;
+  }
+
+  /**
+   * A shared buffer of at least `length` bytes to decode into, reused between calls when of the usual
+   * size (16 MiB and a little); give it back with `giveShared` once nothing reads it any more.
+   */
+  takeShared(length: number): Buffer {
+    return this.sharedBuffers.take(length);
+  }
+
+  /** Returns a buffer from `takeShared`. */
+  giveShared(buffer: Buffer): void {
+    this.sharedBuffers.give(buffer);
+  }
+
+  /**
+   * Decodes the stored objects `chunks` describe (lying in `objects`) under `codec`, checks each against
+   * its name and length, and writes each at its `outputAt` in `output`, which must be a view of a
+   * SharedArrayBuffer (the worker writes it in place). `objects` is moved to the worker when it owns its
+   * whole ArrayBuffer (the caller must not use it afterwards), else copied. Throws corrupt-data for the
+   * first chunk that fails (nothing is said about the others), internal (retryable) when the pool is
+   * closed or broken.
+   */
+  async decode(objects: Buffer, chunks: readonly ObjectToDecode[], output: Uint8Array, codec: ObjectCodec): Promise<void> {
+    if (chunks.length === 0) return;
+    if (!isShared(output)) throw new FerryError('internal', 'the chunk codec pool decodes into shared memory only');
+    const { view, transfer } = movable(objects);
+    await this.pool.run(
+      {
+        kind: 'decode',
+        objects: view,
+        at: chunks.map((chunk) => chunk.at),
+        objectLengths: chunks.map((chunk) => chunk.objectLength),
+        objectKeys: chunks.map((chunk) => chunk.objectKey),
+        hashHexes: chunks.map((chunk) => chunk.hashHex),
+        chunkLengths: chunks.map((chunk) => chunk.chunkLength),
+        outputAt: chunks.map((chunk) => chunk.outputAt),
+        output,
+        dataKey: codec.dataKey,
+      },
+      transfer,
+    );
+  }
+
+  /**
+   * The stored objects for uploaded chunks, in input order, each as parts to write one after another
+   * (`ingestChunkParts`: inflated when compressed, checked against their names, not all zeros, encoded
+   * under `codec`; an object that is a plain header and the payload as uploaded refers to the payload,
+   * uncopied), computed in a worker. The payloads are copied to it, through a reused shared buffer. Throws the error of the first
+   * chunk refused (invalid-request, chunk-hash-mismatch), internal (retryable) when the pool is closed
+   * or broken.
+   */
+  async ingest(chunks: readonly IngestInput[], codec: ObjectCodec): Promise<Uint8Array[][]> {
+    if (chunks.length === 0) return [];
+    // The payloads are copied into a reused shared staging buffer, not into a new buffer moved to the
+    // worker: moved buffers die in the worker's heap, which frees them only when it next collects.
+    const total = chunks.reduce((sum, chunk) => sum + chunk.payload.length, 0);
+    const staging = this.sharedBuffers.take(total);
+    const at: number[] = [];
+    let offset = 0;
+    for (const chunk of chunks) {
+      at.push(offset);
+      staging.set(chunk.payload, offset);
+      offset += chunk.payload.length;
+    }
+    const payloads = staging.subarray(0, total);
+    const request: IngestRequest = {
+      kind: 'ingest',
+      payloads,
+      at,
+      payloadLengths: chunks.map((chunk) => chunk.payload.length),
+      hashHexes: chunks.map((chunk) => chunk.hashHex),
+      objectKeys: chunks.map((chunk) => chunk.objectKey),
+      compressed: chunks.map((chunk) => chunk.compressed),
+      rebuiltFrom: chunks.map((chunk) => chunk.rebuiltFrom ?? null),
+      compressionLevel: codec.compressionLevel,
+      dataKey: codec.dataKey,
+    };
+    let result: ChunkCodecResult;
+    try {
+      result = await this.pool.run(request);
+    } finally {
+      this.sharedBuffers.give(staging);
+    }
+    if (result.kind !== 'ingest') throw new FerryError('internal', 'chunk codec worker answered an ingest with a decode');
+    const objects = Buffer.from(result.objects.buffer, result.objects.byteOffset, result.objects.byteLength);
+    let objectAt = 0;
+    return result.objectLengths.map((length, position) => {
+      const plain = result.asUploaded[position]!;
+      if (plain === ChunkCodec.None || plain === ChunkCodec.Zstd) return [plainObjectHeader(plain), chunks[position]!.payload];
+      const object = objects.subarray(objectAt, objectAt + length);
+      objectAt += length;
+      return [object];
+    });
+  }
+
+  /** Stops the workers; calls still waiting fail. */
+  close(): Promise<void> {
+    this.sharedBuffers.clear();
+    return this.pool.close();
+  }
+
+}
+
+let shared: ChunkCodecPool | null = null;
+
+/** The process's chunk codec pool, started on first use; idle, it keeps nothing alive. */
+export function sharedChunkCodecPool(): ChunkCodecPool {
+  shared ??= new ChunkCodecPool();
+  return shared;
+}
+
+/** Closes the process's chunk codec pool if one was started; the next use starts a new one. */
+export async function closeSharedChunkCodecPool(): Promise<void> {
+  const pool = shared;
+  shared = null;
+  await pool?.close();
+}
+
+/** A view to send `buffer` as: itself, moved, when it owns its whole ArrayBuffer; else a copy, moved. */
+function movable(buffer: Buffer): { view: Uint8Array; transfer: ArrayBuffer[] } {
+  if (isShared(buffer)) return { view: buffer, transfer: [] };
+  if (buffer.byteOffset === 0 && buffer.byteLength === buffer.buffer.byteLength) {
+    return { view: new Uint8Array(buffer.buffer as ArrayBuffer, 0, buffer.byteLength), transfer: [buffer.buffer as ArrayBuffer] };
+  }
+  const copy = new Uint8Array(buffer);
+  return { view: copy, transfer: [copy.buffer] };
+}

@@ -1,0 +1,149 @@
+/**
+ * The store's chunk codec pool (src/store/chunk-codec-pool.ts) with real worker threads: stored objects
+ * decoded into shared memory, plain and encrypted; a damaged object or a chunk that does not match its
+ * name refused with corrupt-data; uploads checked and encoded like on the event loop (bad frames,
+ * mismatched names and zero chunks refused with the same codes); a closed pool refusing work; an idle
+ * pool never keeping a process alive; and the
+ * chunk store using the pool for large batches and for `readChunksInto`.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ChunkCodecPool } from '../../src/store/chunk-codec-pool.js';
+import { decodeChunkObject, encodeChunkObject, compressChunk, PLAIN_CODEC, type ObjectCodec } from '../../src/store/chunk-object.js';
+import { ChunkStore, chunkKey } from '../../src/store/chunk-store.js';
+import { hashChunk } from '../../src/store/chunking.js';
+import { FilesystemBackend } from '../../src/store/fs-backend.js';
+import { sharedBuffer } from '../../src/util/worker-pool.js';
+import { ferryError, flipChunkByte, tempDirFor } from './helpers.js';
+
+const COMPRESSED: ObjectCodec = { compressionLevel: 1, dataKey: null };
+const ENCRYPTED: ObjectCodec = { compressionLevel: 1, dataKey: randomBytes(32) };
+
+function textChunk(seed: string, length = 65536): Buffer {
+  return Buffer.from(`${seed} `.repeat(Math.ceil(length / (seed.length + 1)))).subarray(0, length);
+}
+
+/** Objects of `chunks` encoded under `codec`, back to back, and how `decode` should find them. */
+function storedObjects(chunks: Buffer[], codec: ObjectCodec) {
+  const encoded = chunks.map((chunk) => {
+    const hashHex = hashChunk(chunk).toString('hex');
+    return { hashHex, objectKey: chunkKey(hashHex), object: encodeChunkObject(chunk, chunkKey(hashHex), codec) };
+  });
+  let at = 0;
+  let outputAt = 0;
+  const entries = encoded.map(({ hashHex, objectKey, object }, position) => {
+    const entry = { at, objectLength: object.length, objectKey, hashHex, chunkLength: chunks[position]!.length, outputAt };
+    at += object.length;
+    outputAt += chunks[position]!.length;
+    return entry;
+  });
+  return { objects: Buffer.concat(encoded.map((each) => each.object)), entries, outputLength: outputAt };
+}
+
+describe('ChunkCodecPool', () => {
+  for (const [name, codec] of [['plain', PLAIN_CODEC], ['compressed', COMPRESSED], ['encrypted', ENCRYPTED]] as const) {
+    test(`decodes ${name} stored objects into shared memory, in place`, async (t) => {
+      const pool = new ChunkCodecPool(2);
+      t.after(() => pool.close());
+      const chunks = [textChunk('alpha'), randomBytes(65536), textChunk('omega', 1000)];
+      const { objects, entries, outputLength } = storedObjects(chunks, codec);
+      const output = sharedBuffer(outputLength);
+      await pool.decode(objects, entries, output, codec);
+      assert.ok(output.equals(Buffer.concat(chunks)));
+    });
+  }
+
+  test('a damaged object, or one that is not its chunk, is refused with corrupt-data naming it', async (t) => {
+    const pool = new ChunkCodecPool(1);
+    t.after(() => pool.close());
+    const chunks = [textChunk('one'), textChunk('two')];
+    const damaged = storedObjects(chunks, ENCRYPTED);
+    damaged.objects[damaged.entries[1]!.at + 20]! ^= 1;
+    await assert.rejects(pool.decode(damaged.objects, damaged.entries, sharedBuffer(damaged.outputLength), ENCRYPTED), ferryError('corrupt-data', [damaged.entries[1]!.objectKey]));
+    const swapped = storedObjects(chunks, PLAIN_CODEC);
+    swapped.entries[0]!.hashHex = swapped.entries[1]!.hashHex;
+    await assert.rejects(pool.decode(swapped.objects, swapped.entries, sharedBuffer(swapped.outputLength), PLAIN_CODEC), ferryError('corrupt-data', [swapped.entries[1]!.hashHex, 'does not match']));
+    await assert.rejects(pool.decode(swapped.objects, swapped.entries, Buffer.alloc(swapped.outputLength), PLAIN_CODEC), ferryError('internal'), 'output must be shared');
+  });
+
+  test('ingest checks uploads and encodes them as the event loop would, refusing bad ones with their codes', async (t) => {
+    const pool = new ChunkCodecPool(2);
+    t.after(() => pool.close());
+    const text = textChunk('ferry');
+    const frame = compressChunk(text, 1)!;
+    const random = randomBytes(4096);
+    const upload = (data: Buffer, payload: Buffer, compressed: boolean) => ({ hashHex: hashChunk(data).toString('hex'), payload, compressed, objectKey: chunkKey(hashChunk(data).toString('hex')) });
+    const objects = await pool.ingest([upload(text, frame, true), upload(random, random, false)], ENCRYPTED);
+    assert.deepEqual(decodeChunkObject(Buffer.concat(objects[0]!), chunkKey(hashChunk(text).toString('hex')), ENCRYPTED), text);
+    assert.deepEqual(decodeChunkObject(Buffer.concat(objects[1]!), chunkKey(hashChunk(random).toString('hex')), ENCRYPTED), random);
+
+    // A plain store keeps an uploaded frame (and an incompressible chunk) as uploaded: header + payload, no copy.
+    const plain = await pool.ingest([upload(text, frame, true), upload(random, random, false)], COMPRESSED);
+    assert.equal(plain[0]![1], frame);
+    assert.equal(plain[1]![1], random);
+    assert.deepEqual(decodeChunkObject(Buffer.concat(plain[0]!), 'k', COMPRESSED), text);
+    assert.deepEqual(decodeChunkObject(Buffer.concat(plain[1]!), 'k', COMPRESSED), random);
+
+    const broken = Buffer.from(frame);
+    broken[broken.length - 5]! ^= 0xff; // the header still says 64 KiB: only inflating tells
+    await assert.rejects(pool.ingest([upload(text, broken, true)], PLAIN_CODEC), ferryError('invalid-request', [hashChunk(text).toString('hex'), 'nothing stored']));
+    await assert.rejects(pool.ingest([{ ...upload(text, random, false), rebuiltFrom: 'ab'.repeat(32) }], PLAIN_CODEC), ferryError('chunk-hash-mismatch', ['once rebuilt']));
+    const zeros = Buffer.alloc(4096);
+    await assert.rejects(pool.ingest([upload(zeros, zeros, false)], PLAIN_CODEC), ferryError('invalid-request', ['all zeros']));
+  });
+
+  test('a closed pool refuses work with a retryable error instead of hanging', async () => {
+    const pool = new ChunkCodecPool(1);
+    await pool.close();
+    const { objects, entries, outputLength } = storedObjects([textChunk('x')], PLAIN_CODEC);
+    await assert.rejects(pool.decode(objects, entries, sharedBuffer(outputLength), PLAIN_CODEC), (error: unknown) => {
+      ferryError('internal', ['chunk codec'])(error);
+      return (error as { retryable: boolean }).retryable === true;
+    });
+  });
+});
+
+describe('an idle pool', () => {
+  test('never keeps a process alive: a process that used one and never closed it exits', async (t) => {
+    const directory = await tempDirFor(t);
+    const script = path.join(directory, 'idle-pool.mts');
+    const poolModule = pathToFileURL(path.resolve('src/store/chunk-codec-pool.ts')).href;
+    await writeFile(script, `import { ChunkCodecPool } from ${JSON.stringify(poolModule)};\nconst pool = new ChunkCodecPool(2);\nawait pool.ingest([], { compressionLevel: null, dataKey: null });\n`);
+    const started = Date.now();
+    await promisify(execFile)(process.execPath, ['--import', 'tsx', script], { timeout: 30_000 });
+    assert.ok(Date.now() - started < 30_000);
+  });
+});
+
+describe('ChunkStore with its codec pool', () => {
+  test('a large batch is checked in the pool: stored, read back with readChunksInto, a bad chunk refuses the batch', async (t) => {
+    const directory = await tempDirFor(t);
+    const store = await ChunkStore.open(new FilesystemBackend(path.join(directory, 'store')));
+    store.codecPool = new ChunkCodecPool(2);
+    t.after(() => store.codecPool!.close());
+    const chunks = Array.from({ length: 12 }, (_, n) => (n % 3 === 0 ? randomBytes(65536) : textChunk(`chunk ${n}`)));
+    const uploads = chunks.map((data) => {
+      const frame = compressChunk(data, 1);
+      return { hashHex: hashChunk(data).toString('hex'), data, ...(frame ? { zstdFrame: frame } : {}) };
+    });
+    const bad = randomBytes(65536);
+    await assert.rejects(store.putChunks([...uploads, { hashHex: hashChunk(randomBytes(8)).toString('hex'), data: bad }]), ferryError('chunk-hash-mismatch'));
+    assert.equal((await store.missingChunks(uploads.map((upload) => upload.hashHex))).length, chunks.length, 'nothing of a refused batch is stored');
+    assert.deepEqual(await store.putChunks(uploads), { received: 12, stored: 12 });
+
+    const output = sharedBuffer(chunks.length * 65536);
+    const order = [5, 0, 11, 3];
+    await store.readChunksInto(order.map((n) => uploads[n]!.hashHex), output, order.map((_, slot) => slot * 65536), order.map(() => 65536));
+    order.forEach((n, slot) => assert.ok(output.subarray(slot * 65536, (slot + 1) * 65536).equals(chunks[n]!)));
+
+    await flipChunkByte(store, uploads[3]!.hashHex);
+    await assert.rejects(store.readChunksInto([uploads[0]!.hashHex, uploads[3]!.hashHex], output, [0, 65536], [65536, 65536]), ferryError('corrupt-data'));
+    await assert.rejects(store.readChunksInto([uploads[0]!.hashHex], output, [0], [1000]), ferryError('corrupt-data'), 'a chunk of another length than the index says');
+  });
+});
