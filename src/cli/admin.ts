@@ -31,6 +31,19 @@ export function registerAdminCommands(program: Command): void {
       cli.print(created, (view) => console.log(`site ${view.name} added (${view.driver}: ${view.path}, disks as ${view.diskFormat})`));
     });
   site
+    .command('set <name>')
+    .description("change where a site's future failovers are written, or their disk format (failovers already written keep their files)")
+    .option('--path <dir>', 'directory on the server host')
+    .option('--disk-format <format>', 'raw, vhd, vhd:fixed, vhdx, vmdk, qcow2')
+    .action(async (name: string, options: { path?: string; diskFormat?: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const updated = await cli.client.patch<SiteView>(`/sites/${encodeURIComponent(name)}`, {
+        ...(options.path ? { path: path.resolve(options.path) } : {}),
+        ...(options.diskFormat ? { diskFormat: options.diskFormat } : {}),
+      });
+      cli.print(updated, (view) => console.log(`site ${view.name}: ${view.path}, disks as ${view.diskFormat}`));
+    });
+  site
     .command('list')
     .description('list recovery sites')
     .action(async (_options: unknown, command: Command) => {

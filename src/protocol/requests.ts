@@ -34,6 +34,18 @@ export const createSiteRequest = z.object({
   diskFormat: diskFormatSpec.refine((value) => !value.startsWith('ova'), 'a site writes disk images, not an OVA').default('raw'),
 });
 
+/**
+ * `PATCH /sites/{name}`: a new directory for the site's future failovers, or another disk format for
+ * them (failovers already written keep their files where they are). At least one key.
+ */
+export const updateSiteRequest = z
+  .object({
+    path: z.string().min(1).refine((value) => value.startsWith('/'), 'must be an absolute path on the server').optional(),
+    diskFormat: diskFormatSpec.refine((value) => !value.startsWith('ova'), 'a site writes disk images, not an OVA').optional(),
+  })
+  .strict()
+  .refine((request) => Object.keys(request).length > 0, { message: 'give a path or a diskFormat to change' });
+
 export const createPolicyRequest = z.object({
   name,
   /** Time between points (crash-consistent where a snapshot can be taken). */
@@ -239,6 +251,7 @@ export const commitPointRequest = z.object({
 
 export type CreateTokenRequest = z.infer<typeof createTokenRequest>;
 export type CreateSiteRequest = z.infer<typeof createSiteRequest>;
+export type UpdateSiteRequest = z.infer<typeof updateSiteRequest>;
 export type CreatePolicyRequest = z.infer<typeof createPolicyRequest>;
 export type UpdateMachineRequest = z.infer<typeof updateMachineRequest>;
 export type ProtectRequest = z.infer<typeof protectRequest>;

@@ -87,6 +87,15 @@ test('portal: sign in, protect a machine, watch replication, test failover and c
   await siteForm.getByLabel('Path on the server').fill(path.join(root, 'site-dr'));
   await siteForm.getByRole('button', { name: 'Add site' }).click();
   await page.getByRole('status').filter({ hasText: 'Site dr created' }).waitFor();
+  await page.getByRole('button', { name: 'Edit site dr' }).click();
+  const siteDialog = page.getByRole('dialog', { name: 'Edit site dr' });
+  await siteDialog.getByLabel('Disk format').selectOption('vhd:fixed');
+  await siteDialog.getByText('Saving changes where and how the next failovers').waitFor();
+  await siteDialog.getByRole('button', { name: 'Save' }).click();
+  await siteDialog.waitFor({ state: 'detached' });
+  await page.getByRole('row', { name: /dr/ }).getByText('vhd:fixed').waitFor();
+  assert.equal((await server.admin.get<{ diskFormat: string }>('/sites/dr')).diskFormat, 'vhd:fixed', 'PATCH /sites/dr saved');
+  await server.admin.patch('/sites/dr', { diskFormat: 'raw' }); // the test failover below compares a raw copy
   await page.getByRole('button', { name: 'Edit policy default' }).click();
   const policyDialog = page.getByRole('dialog', { name: 'Edit policy default' });
   await policyDialog.getByLabel('RPO threshold').fill('15m');

@@ -128,6 +128,22 @@ describe('FerryCore sites and policies', () => {
     assert.deepEqual(await core.sites.list(), []);
   });
 
+  test('sites.update changes the directory and the disk format of later failovers; bad values change nothing', async (t) => {
+    const { core, dataDir } = await coreFor(t);
+    await core.sites.create({ name: 'dr', driver: 'files', path: path.join(dataDir, 'sites', 'dr') });
+    const moved = path.join(dataDir, 'sites', 'dr-2');
+    const updated = await core.sites.update('dr', { path: moved, diskFormat: 'vhd:fixed' });
+    assert.deepEqual([updated.path, updated.diskFormat], [moved, 'vhd:fixed']);
+    assert.ok((await fs.stat(moved)).isDirectory(), 'the new directory is made');
+    await assert.rejects(core.sites.update('dr', { diskFormat: 'vmdk:monolithicFlat' }), ferryError('invalid-request', ['streamOptimized']));
+    const file = path.join(dataDir, 'a-file');
+    await fs.writeFile(file, 'x');
+    await assert.rejects(core.sites.update('dr', { path: path.join(file, 'site') }), ferryError('invalid-request', ['cannot be used']));
+    await assert.rejects(core.sites.update('nope', { diskFormat: 'raw' }), ferryError('not-found'));
+    const [site] = await core.sites.list();
+    assert.deepEqual([site!.path, site!.diskFormat], [moved, 'vhd:fixed'], 'refused changes leave the site as it was');
+  });
+
   test('policies.create refuses a retention shorter than the interval', async (t) => {
     const { core } = await coreFor(t);
     await assert.rejects(core.policies.create({ name: 'odd', intervalSeconds: 3600, retentionSeconds: 600 }), ferryError('invalid-request', ['retention', 'interval']));

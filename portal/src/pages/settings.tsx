@@ -1,7 +1,6 @@
 /**
  * Sites and policies: where failed-over machines come up, and how often points are taken, how long
- * they are kept and the RPO to alarm on. Both can be created here; policies can be edited (sites have no
- * edit in the API: create another and protect machines to it).
+ * they are kept and the RPO to alarm on. Both can be created and edited here.
  */
 import { type FormEvent, useCallback, useEffect, useId, useState } from 'react';
 import type { PolicyView, SiteView } from '../../../src/protocol/views.js';
@@ -38,6 +37,7 @@ export function SettingsPage() {
   const [policies, setPolicies] = useState<PolicyView[] | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [editing, setEditing] = useState<PolicyView | null>(null);
+  const [editingSite, setEditingSite] = useState<SiteView | null>(null);
   const load = useCallback(() => {
     Promise.all([api<{ sites: SiteView[] }>('GET', '/sites'), api<{ policies: PolicyView[] }>('GET', '/policies')]).then(
       ([siteAnswer, policyAnswer]) => {
@@ -69,6 +69,9 @@ export function SettingsPage() {
                 <th scope="col">Disk format</th>
                 <th scope="col">Machines</th>
                 <th scope="col">Created</th>
+                <th scope="col">
+                  <span className="visually-hidden">Edit</span>
+                </th>
               </tr>
             </thead>
             <tbody>
@@ -82,6 +85,11 @@ export function SettingsPage() {
                   <td>{site.diskFormat}</td>
                   <td>{usage('site', site.name)}</td>
                   <td>{formatTime(site.createdAt)}</td>
+                  <td>
+                    <button type="button" onClick={() => setEditingSite(site)} aria-label={`Edit site ${site.name}`}>
+                      Edit…
+                    </button>
+                  </td>
                 </tr>
               ))}
             </tbody>
@@ -128,6 +136,7 @@ export function SettingsPage() {
         )}
         <CreatePolicyForm onCreated={load} />
       </section>
+      {editingSite && <EditSiteDialog key={editingSite.name} site={editingSite} onClose={() => setEditingSite(null)} onSaved={load} />}
       {editing && <EditPolicyDialog key={editing.name} policy={editing} machines={usage('policy', editing.name)} onClose={() => setEditing(null)} onSaved={load} />}
     </>
   );
@@ -186,6 +195,43 @@ function CreateSiteForm({ onCreated }: { onCreated: () => void }) {
         </button>
       </div>
     </form>
+  );
+}
+
+/** Changes a site's directory or disk format (PATCH /sites/{name}); failovers already written stay where they are. */
+function EditSiteDialog({ site, onClose, onSaved }: { site: SiteView; onClose: () => void; onSaved: () => void }) {
+  const pathId = useId();
+  const formatId = useId();
+  const [path, setPath] = useState(site.path);
+  const [format, setFormat] = useState(site.diskFormat);
+  const changes = { ...(path.trim() !== site.path ? { path: path.trim() } : {}), ...(format !== site.diskFormat ? { diskFormat: format } : {}) };
+  return (
+    <ConfirmDialog
+      title={`Edit site ${site.name}`}
+      confirmLabel="Save"
+      canConfirm={Object.keys(changes).length > 0}
+      onClose={onClose}
+      onConfirm={async () => {
+        await api<SiteView>('PATCH', `/sites/${segment(site.name)}`, changes);
+        onSaved();
+      }}
+    >
+      <div className="form-grid">
+        <label htmlFor={pathId}>Path on the server</label>
+        <input id={pathId} value={path} onChange={(event) => setPath(event.target.value)} required />
+        <label htmlFor={formatId}>Disk format</label>
+        <select id={formatId} value={format} onChange={(event) => setFormat(event.target.value)}>
+          {[...new Set([site.diskFormat, ...DISK_FORMATS])].map((candidate) => (
+            <option key={candidate}>{candidate}</option>
+          ))}
+        </select>
+      </div>
+      <p className="what-happens">
+        {Object.keys(changes).length === 0
+          ? 'Change the path or the format to save.'
+          : 'Saving changes where and how the next failovers to this site are written. Failovers and test failovers already written keep their files.'}
+      </p>
+    </ConfirmDialog>
   );
 }
 

@@ -1,7 +1,7 @@
 /** Routes for tokens, sites, policies and events (admin). */
 import type { FastifyInstance } from 'fastify';
 import type { FerryCore } from '../../orchestration/core.js';
-import { createPolicyRequest, createSiteRequest, createTokenRequest, nameParam, updatePolicyRequest } from '../../protocol/requests.js';
+import { createPolicyRequest, createSiteRequest, createTokenRequest, nameParam, updatePolicyRequest, updateSiteRequest } from '../../protocol/requests.js';
 import { siteView } from '../../orchestration/sites.js';
 import { policyView } from '../../orchestration/policies.js';
 import { z } from 'zod';
@@ -24,6 +24,9 @@ export function adminRoutes(app: FastifyInstance, core: FerryCore): void {
     return reply.status(201).send(await core.sites.create(parse(createSiteRequest, request.body, 'site')));
   });
   app.get('/api/v1/sites/:name', async (request) => siteView(await core.sites.get(parse(nameParam, request.params, 'site name').name)));
+  app.patch('/api/v1/sites/:name', async (request) =>
+    core.sites.update(parse(nameParam, request.params, 'site name').name, parse(updateSiteRequest, request.body, 'site changes')),
+  );
 
   app.get('/api/v1/policies', async () => ({ policies: await core.policies.list() }));
   app.post('/api/v1/policies', async (request, reply) => {
