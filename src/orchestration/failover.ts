@@ -27,7 +27,7 @@ import { FerryError } from '../errors.js';
 import type { FilesDriver } from '../compute/files-driver.js';
 import type { FailoverRow, JobRow, MachineRow } from '../db/schema.js';
 import type { FailoverDiskView, FailoverView, JobView } from '../protocol/views.js';
-import { CoalescingPass } from '../util/coalescing-pass.js';
+import { FollowingPass } from '../util/coalescing-pass.js';
 import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
 import type { Events } from './events.js';
 import type { Db } from '../db/database.js';
@@ -68,8 +68,7 @@ export interface FailoverStarted {
 
 /** Requests, performs and commits failovers. */
 export class Failovers {
-  private readonly passes = new CoalescingPass(() => this.advanceAll());
-  private readonly onWork = () => void this.advance().catch((error: unknown) => this.context.log.error({ err: error }, 'failover advance failed'));
+  private readonly follower: FollowingPass;
 
   constructor(
     private readonly context: CoreContext,
@@ -79,17 +78,17 @@ export class Failovers {
     private readonly events: Events,
     private readonly driver: FilesDriver,
     private readonly reclaim: Reclaim,
-  ) {}
+  ) {
+    this.follower = new FollowingPass(context.signals, 'work', () => this.advanceAll(), (error) => context.log.error({ err: error }, 'failover advance failed'));
+  }
 
   /** Follows job changes (a planned failover's final point ending) and resumes what a crash interrupted. */
   start(): void {
-    this.context.signals.on('work', this.onWork);
-    this.onWork();
+    this.follower.start();
   }
 
   async stop(): Promise<void> {
-    this.context.signals.off('work', this.onWork);
-    await this.passes.idle();
+    await this.follower.stop();
   }
 
   /**
@@ -322,7 +321,7 @@ export class Failovers {
    * and at start-up; one pass at a time.
    */
   advance(): Promise<void> {
-    return this.passes.run();
+    return this.follower.run();
   }
 
   private async advanceAll(): Promise<void> {

@@ -18,7 +18,7 @@
  * items still starting are started again, running child jobs are followed (server jobs are re-run by the
  * job runner), a waiting run keeps waiting.
  */
-import { CoalescingPass } from '../util/coalescing-pass.js';
+import { FollowingPass } from '../util/coalescing-pass.js';
 import { asFerryError, FerryError, notFound } from '../errors.js';
 import type { JobRow, PlanRow, PlanRunItemRow, PlanRunRow } from '../db/schema.js';
 import { type CreatePlanRequest, describeAction, type PlanAction, type PlanGroup, type PlanOperationView, type PlanRunView, type PlanView, type RunPlanRequest } from '../protocol/plans.js';
@@ -73,9 +73,7 @@ const endedItemStates: readonly PlanItemState[] = ['succeeded', 'failed'];
 
 /** Plans (create, show, list, delete) and their runs (run, resume, cancel), and the engine that drives runs. */
 export class RecoveryPlans {
-  private readonly passes = new CoalescingPass(() => this.advanceAll(), () => this.stopped);
-  private stopped = false;
-  private readonly onWork = () => void this.advance().catch((error: unknown) => this.context.log.error({ err: error }, 'recovery plan advance failed'));
+  private readonly follower: FollowingPass;
 
   constructor(
     private readonly context: CoreContext,
@@ -84,20 +82,17 @@ export class RecoveryPlans {
     private readonly operations: MachineOperations,
   ) {
     jobs.describeSteps('plan', (job) => this.stepsOfJob(job));
+    this.follower = new FollowingPass(context.signals, 'work', () => this.advanceAll(), (error) => context.log.error({ err: error }, 'recovery plan advance failed'));
   }
 
   /** Follows job changes and resumes the runs a stop or crash interrupted. */
   start(): void {
-    this.stopped = false;
-    this.context.signals.on('work', this.onWork);
-    this.onWork();
+    this.follower.start();
   }
 
   /** Stops following job changes and waits for a pass in progress; runs stay as they are, for the restart. */
   async stop(): Promise<void> {
-    this.stopped = true;
-    this.context.signals.off('work', this.onWork);
-    await this.passes.idle();
+    await this.follower.stop();
   }
 
   // --- plans ----------------------------------------------------------------------------------------
@@ -268,13 +263,13 @@ export class RecoveryPlans {
    * jobs, moves to the next step, ends the run. One pass at a time; a call during a pass asks for one more.
    */
   advance(): Promise<void> {
-    return this.passes.run();
+    return this.follower.run();
   }
 
   private async advanceAll(): Promise<void> {
     const runs = await this.context.db.selectFrom('plan_runs').selectAll().where('state', '=', 'running').orderBy('created_at').execute();
     for (const run of runs) {
-      if (this.stopped) return;
+      if (this.follower.stopping) return;
       try {
         await this.advanceRun(run);
       } catch (error) {

@@ -26,7 +26,7 @@ import type { FilesDriver } from '../compute/files-driver.js';
 import type { ReprotectionRow } from '../db/schema.js';
 import type { ReprotectRequest } from '../protocol/requests.js';
 import type { FailoverDiskView, JobView, ReprotectView } from '../protocol/views.js';
-import { CoalescingPass } from '../util/coalescing-pass.js';
+import { FollowingPass } from '../util/coalescing-pass.js';
 import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
 import type { Events } from './events.js';
 import { type Jobs, jobView } from './jobs.js';
@@ -55,8 +55,7 @@ interface Target {
 
 /** Starts reprotects and carries them through their steps. */
 export class Reprotections {
-  private readonly passes = new CoalescingPass(() => this.advanceAll());
-  private readonly onWork = () => void this.advance().catch((error: unknown) => this.context.log.error({ err: error }, 'reprotect advance failed'));
+  private readonly follower: FollowingPass;
 
   constructor(
     private readonly context: CoreContext,
@@ -64,17 +63,17 @@ export class Reprotections {
     private readonly machines: Machines,
     private readonly events: Events,
     private readonly driver: FilesDriver,
-  ) {}
+  ) {
+    this.follower = new FollowingPass(context.signals, 'work', () => this.advanceAll(), (error) => context.log.error({ err: error }, 'reprotect advance failed'));
+  }
 
   /** Follows job changes and resumes what a stop or crash interrupted. */
   start(): void {
-    this.context.signals.on('work', this.onWork);
-    this.onWork();
+    this.follower.start();
   }
 
   async stop(): Promise<void> {
-    this.context.signals.off('work', this.onWork);
-    await this.passes.idle();
+    await this.follower.stop();
   }
 
   /**
@@ -180,7 +179,7 @@ export class Reprotections {
 
   /** Moves every reprotect waiting on a step's job forward; one pass at a time. */
   advance(): Promise<void> {
-    return this.passes.run();
+    return this.follower.run();
   }
 
   private async advanceAll(): Promise<void> {

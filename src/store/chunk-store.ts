@@ -43,6 +43,37 @@ const RAW_INDEX_MAGIC = Buffer.from('FRYIDX1\n', 'latin1');
 const PACK_TARGET_BYTES = 64 * 1024 * 1024;
 /** Most bytes `getChunks` reads from a pack in one range read. */
 const MAX_COALESCED_READ = 8 * 1024 * 1024;
+
+/** A chunk a multi-chunk read wants: its place in the caller's list, its object name, and its catalog entry if any. */
+interface WantedChunk {
+  hashHex: string;
+  position: number;
+  name: string;
+  entry: CatalogEntry | undefined;
+}
+
+/**
+ * Packed chunks (each with a catalog entry) sorted by pack and offset and grouped into runs that lie
+ * back to back in one pack, each run at most MAX_COALESCED_READ bytes: one range read per run.
+ */
+function coalescedRuns(packed: WantedChunk[]): WantedChunk[][] {
+  packed.sort((a, b) => (a.entry!.container.key < b.entry!.container.key ? -1 : a.entry!.container.key > b.entry!.container.key ? 1 : a.entry!.offset - b.entry!.offset));
+  const runs: WantedChunk[][] = [];
+  for (let start = 0; start < packed.length; ) {
+    const first = packed[start]!.entry!;
+    let end = start + 1;
+    let runEnd = first.offset + first.length;
+    while (end < packed.length) {
+      const next = packed[end]!.entry!;
+      if (next.container !== first.container || next.offset !== runEnd || next.offset + next.length - first.offset > MAX_COALESCED_READ) break;
+      runEnd = next.offset + next.length;
+      end++;
+    }
+    runs.push(packed.slice(start, end));
+    start = end;
+  }
+  return runs;
+}
 /** Range reads `readChunksInto` keeps in flight. */
 const RUN_READS_IN_FLIGHT = 4;
 /** Backend calls in flight when checking, touching or cataloguing many objects. */
@@ -350,6 +381,15 @@ export class ChunkStore {
     }
   }
 
+  /** Each of `hashHexes` with its position in the list, its object name and where the catalog has it (if it does). */
+  private async locateWanted(hashHexes: readonly string[]): Promise<WantedChunk[]> {
+    const catalog = await this.catalog();
+    return hashHexes.map((hashHex, position) => {
+      const name = this.chunkObjectName(hashHex);
+      return { hashHex, position, name, entry: catalog.get(name) };
+    });
+  }
+
   /**
    * Reads several chunks, like `getChunk` for each (same errors), in input order. Entries that lie back
    * to back in one pack are fetched with one range read (at most `MAX_COALESCED_READ` bytes), which is
@@ -357,28 +397,17 @@ export class ChunkStore {
    * instead of opening the pack once per chunk.
    */
   async getChunks(hashHexes: readonly string[]): Promise<Buffer[]> {
-    const catalog = await this.catalog();
-    const wanted = hashHexes.map((hashHex, position) => ({ hashHex, position, name: this.chunkObjectName(hashHex), entry: undefined as CatalogEntry | undefined }));
-    for (const chunk of wanted) chunk.entry = catalog.get(chunk.name);
+    const wanted = await this.locateWanted(hashHexes);
     const results = new Array<Buffer>(hashHexes.length);
-    const packed: typeof wanted = [];
+    const packed: WantedChunk[] = [];
     for (const chunk of wanted) {
       if (chunk.entry?.container.kind === 'pack') packed.push(chunk);
       else results[chunk.position] = await this.getChunk(chunk.hashHex); // not catalogued, or loose: one by one
     }
-    packed.sort((a, b) => (a.entry!.container.key < b.entry!.container.key ? -1 : a.entry!.container.key > b.entry!.container.key ? 1 : a.entry!.offset - b.entry!.offset));
-    for (let start = 0; start < packed.length; ) {
-      const first = packed[start]!.entry!;
-      let end = start + 1;
-      let runEnd = first.offset + first.length;
-      while (end < packed.length) {
-        const next = packed[end]!.entry!;
-        if (next.container !== first.container || next.offset !== runEnd || next.offset + next.length - first.offset > MAX_COALESCED_READ) break;
-        runEnd = next.offset + next.length;
-        end++;
-      }
-      const run = packed.slice(start, end);
-      start = end;
+    for (const run of coalescedRuns(packed)) {
+      const first = run[0]!.entry!;
+      const last = run[run.length - 1]!.entry!;
+      const runEnd = last.offset + last.length;
       let bytes: Buffer;
       try {
         bytes = await this.backend.getRange(first.container.key, first.offset, runEnd - first.offset);
@@ -405,38 +434,22 @@ export class ChunkStore {
    * read into it while they fit, so a restore allocates nothing per read.
    */
   async readChunksInto(hashHexes: readonly string[], output: Uint8Array, outputAt: readonly number[], chunkLengths: readonly number[], readBuffer?: Uint8Array): Promise<void> {
-    const catalog = await this.catalog();
     const pool = this.codecPool ?? sharedChunkCodecPool();
     const outputBuffer = Buffer.from(output.buffer, output.byteOffset, output.byteLength);
-    const wanted = hashHexes.map((hashHex, position) => ({ hashHex, position, name: this.chunkObjectName(hashHex), entry: undefined as CatalogEntry | undefined }));
-    for (const chunk of wanted) chunk.entry = catalog.get(chunk.name);
-    const readOneByOne = async (chunk: (typeof wanted)[number]) => {
+    const wanted = await this.locateWanted(hashHexes);
+    const readOneByOne = async (chunk: WantedChunk) => {
       const data = await this.getChunk(chunk.hashHex); // not catalogued, loose, or moved: the slow, careful path
       if (data.length !== chunkLengths[chunk.position]) {
         throw new FerryError('corrupt-data', `stored chunk ${chunk.hashHex} is ${data.length} bytes, not the ${chunkLengths[chunk.position]} bytes expected`, { details: { hash: chunk.hashHex } });
       }
       data.copy(outputBuffer, outputAt[chunk.position]!);
     };
-    const packed: typeof wanted = [];
+    const packed: WantedChunk[] = [];
     for (const chunk of wanted) {
       if (chunk.entry?.container.kind === 'pack') packed.push(chunk);
       else await readOneByOne(chunk);
     }
-    packed.sort((a, b) => (a.entry!.container.key < b.entry!.container.key ? -1 : a.entry!.container.key > b.entry!.container.key ? 1 : a.entry!.offset - b.entry!.offset));
-    const runs: (typeof packed)[] = [];
-    for (let start = 0; start < packed.length; ) {
-      const first = packed[start]!.entry!;
-      let end = start + 1;
-      let runEnd = first.offset + first.length;
-      while (end < packed.length) {
-        const next = packed[end]!.entry!;
-        if (next.container !== first.container || next.offset !== runEnd || next.offset + next.length - first.offset > MAX_COALESCED_READ) break;
-        runEnd = next.offset + next.length;
-        end++;
-      }
-      runs.push(packed.slice(start, end));
-      start = end;
-    }
+    const runs = coalescedRuns(packed);
     // A few runs are read at once (scattered chunks, like a batch's delta bases, are many small reads),
     // each decoded in the pool as soon as it is read. Once this settles, nothing writes into `output`.
     let failure: unknown = null;

@@ -38,3 +38,54 @@ export class CoalescingPass {
     await this.running?.catch(() => undefined);
   }
 }
+
+/** What a `FollowingPass` listens to: an EventEmitter, or anything with its `on` and `off`. */
+interface EventSource {
+  on(event: string, listener: () => void): unknown;
+  off(event: string, listener: () => void): unknown;
+}
+
+/**
+ * A pass that follows an event: it runs at `start()` and on every `event` from `source` until `stop()`,
+ * one at a time with wake-ups coalesced (CoalescingPass); a failed pass goes to `onError`, and the next
+ * event tries again. `stop()` ends repetition, stops listening and waits for the pass in progress. What
+ * the event-driven engines (failovers, reprotects, recovery plan runs) share.
+ */
+export class FollowingPass {
+  private stopped = false;
+  private readonly passes: CoalescingPass;
+  private readonly onEvent = () => void this.run().catch(this.onError);
+
+  constructor(
+    private readonly source: EventSource,
+    private readonly event: string,
+    pass: () => Promise<void>,
+    private readonly onError: (error: unknown) => void,
+  ) {
+    this.passes = new CoalescingPass(pass, () => this.stopped);
+  }
+
+  /** Starts following, with a pass now (to resume what a stop or crash left). */
+  start(): void {
+    this.stopped = false;
+    this.source.on(this.event, this.onEvent);
+    this.onEvent();
+  }
+
+  /** Stops following and waits for the pass in progress, if any. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.source.off(this.event, this.onEvent);
+    await this.passes.idle();
+  }
+
+  /** True from `stop()` until the next `start()`: a long pass may check it to end early. */
+  get stopping(): boolean {
+    return this.stopped;
+  }
+
+  /** A pass now (or one more after the one running); rejects with a failed pass's error. */
+  run(): Promise<void> {
+    return this.passes.run();
+  }
+}

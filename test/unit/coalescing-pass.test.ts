@@ -1,7 +1,8 @@
-/** CoalescingPass (src/util/coalescing-pass.ts): passes never overlap, wake-ups during a pass are not lost, and many coalesce into one. */
+/** CoalescingPass and FollowingPass (src/util/coalescing-pass.ts): passes never overlap, wake-ups during a pass are not lost, many coalesce into one, and a following pass listens from start to stop. */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CoalescingPass } from '../../src/util/coalescing-pass.js';
+import { EventEmitter } from 'node:events';
+import { CoalescingPass, FollowingPass } from '../../src/util/coalescing-pass.js';
 
 describe('CoalescingPass', () => {
   test('calls during a pass coalesce into exactly one more pass; passes never overlap', async () => {
@@ -55,4 +56,32 @@ describe('CoalescingPass', () => {
     await first;
     assert.equal(passes, 1);
   });
+});
+
+test('FollowingPass: a pass at start and on each event, errors reported, nothing after stop', async () => {
+  const source = new EventEmitter();
+  const errors: unknown[] = [];
+  let passes = 0;
+  let fail = false;
+  const follower = new FollowingPass(source, 'work', async () => {
+    passes++;
+    if (fail) throw new Error('boom');
+  }, (error) => errors.push(error));
+  follower.start();
+  await follower.run();
+  const afterStart = passes;
+  assert.ok(afterStart >= 1, 'a pass at start');
+  fail = true;
+  source.emit('work');
+  await new Promise((resolve) => setImmediate(resolve));
+  await follower.run().catch(() => undefined);
+  assert.ok(errors.length >= 1 && (errors[0] as Error).message === 'boom', 'a failed pass goes to onError');
+  fail = false;
+  await follower.stop();
+  assert.equal(follower.stopping, true);
+  const atStop = passes;
+  source.emit('work');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(passes, atStop, 'no pass after stop');
+  assert.equal(source.listenerCount('work'), 0, 'no listener left');
 });

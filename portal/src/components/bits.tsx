@@ -57,3 +57,29 @@ export function ErrorNotice({ children }: { children: ReactNode }) {
 export function Empty({ children }: { children: ReactNode }) {
   return <div className="empty">{children}</div>;
 }
+
+/**
+ * The end of a create form: what the server refused (an alert), what was created (a status), and the
+ * submit button, laid out across the form's two columns.
+ */
+export function FormOutcome({ what, error, created, submitLabel }: { what: string; error: string | null; created: string | null; submitLabel: string }) {
+  return (
+    <>
+      {error && (
+        <p role="alert" className="notice notice-error span-2">
+          The server refused the {what}: {error}
+        </p>
+      )}
+      {created && (
+        <p role="status" className="notice span-2">
+          {created}
+        </p>
+      )}
+      <div className="span-2">
+        <button type="submit" className="button-primary">
+          {submitLabel}
+        </button>
+      </div>
+    </>
+  );
+}

@@ -6,7 +6,7 @@
 import { type FormEvent, useCallback, useEffect, useId, useState } from 'react';
 import type { PlanAction, PlanOperationView, PlanView } from '../../../src/protocol/plans.js';
 import { api, segment } from '../api.js';
-import { Empty, ErrorNotice, StateBadge } from '../components/bits.js';
+import { Empty, ErrorNotice, FormOutcome, StateBadge } from '../components/bits.js';
 import { ConfirmDialog } from '../components/dialog.js';
 import { formatTime } from '../format.js';
 import { Link } from '../router.js';
@@ -277,21 +277,7 @@ function CreatePlanForm({ machines, onCreated }: { machines: string[]; onCreated
           One group per line, machine names separated by commas; groups run in order, the machines of a group in parallel. Known machines:{' '}
           {machines.length ? machines.join(', ') : 'none yet'}. Script and manual actions: <code>ferry plan create --before/--after</code> (docs/cli.md).
         </p>
-        {error && (
-          <p role="alert" className="notice notice-error span-2">
-            The server refused the plan: {error}
-          </p>
-        )}
-        {created && (
-          <p role="status" className="notice span-2">
-            {created}
-          </p>
-        )}
-        <div className="span-2">
-          <button type="submit" className="button-primary">
-            Create plan
-          </button>
-        </div>
+        <FormOutcome what="plan" error={error} created={created} submitLabel="Create plan" />
       </form>
     </section>
   );

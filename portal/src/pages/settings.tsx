@@ -5,7 +5,7 @@
 import { type FormEvent, useCallback, useEffect, useId, useState } from 'react';
 import type { PolicyView, SiteView } from '../../../src/protocol/views.js';
 import { api, segment } from '../api.js';
-import { Empty, ErrorNotice } from '../components/bits.js';
+import { Empty, ErrorNotice, FormOutcome } from '../components/bits.js';
 import { ConfirmDialog } from '../components/dialog.js';
 import { formatDuration, formatTime } from '../format.js';
 import { useLive, useTitle } from '../session.js';
@@ -179,21 +179,7 @@ function CreateSiteForm({ onCreated }: { onCreated: () => void }) {
         ))}
       </select>
       <p className="help span-2">The server creates the directory if needed and must be able to write it; failed-over disks are written there in this format.</p>
-      {error && (
-        <p role="alert" className="notice notice-error span-2">
-          The server refused the site: {error}
-        </p>
-      )}
-      {created && (
-        <p role="status" className="notice span-2">
-          {created}
-        </p>
-      )}
-      <div className="span-2">
-        <button type="submit" className="button-primary">
-          Add site
-        </button>
-      </div>
+      <FormOutcome what="site" error={error} created={created} submitLabel="Add site" />
     </form>
   );
 }
@@ -309,21 +295,7 @@ function CreatePolicyForm({ onCreated }: { onCreated: () => void }) {
       <p className="help span-2">
         Durations like 90s, 5m, 24h, 7d. The app-consistent interval defaults to every point; the RPO threshold to twice the interval (at least a minute).
       </p>
-      {error && (
-        <p role="alert" className="notice notice-error span-2">
-          The server refused the policy: {error}
-        </p>
-      )}
-      {created && (
-        <p role="status" className="notice span-2">
-          {created}
-        </p>
-      )}
-      <div className="span-2">
-        <button type="submit" className="button-primary">
-          Add policy
-        </button>
-      </div>
+      <FormOutcome what="policy" error={error} created={created} submitLabel="Add policy" />
     </form>
   );
 }
