@@ -28,6 +28,7 @@ import { DiskIndex } from '../store/disk-index.js';
 import type { DiskSource } from '../disks/disk-source.js';
 import { openDiskImage, probeDiskImage } from '../disks/formats.js';
 import type { Logger } from '../util/logger.js';
+import { SharedBufferCache } from '../util/worker-pool.js';
 import type { AgentState } from './agent-state.js';
 import { BlockFingerprints } from './block-fingerprints.js';
 import type { CompressionPool } from './compression-pool.js';
@@ -50,10 +51,17 @@ const WINDOW_CHUNKS = 128;
 const WINDOWS_IN_FLIGHT = 4;
 /** A window is sent on its own when at least 1/SPARSE_WINDOW_SHARE of its chunks are to be sent. */
 const SPARSE_WINDOW_SHARE = 4;
-/** Changed chunks of sparse windows are gathered until they add up to this many bytes (256 chunks). */
-const GATHERED_BATCH_BYTES = 16 * 1024 * 1024;
-/** Gathered uploads under way at once (each holds its chunks' copies, and the server's batch memory). */
-const GATHERED_UPLOADS_IN_FLIGHT = 2;
+/**
+ * Changed chunks of sparse windows are gathered until they add up to this many bytes (128 chunks): a
+ * window's worth, so the server's batch buffers serve both kinds of upload.
+ */
+const GATHERED_BATCH_BYTES = 8 * 1024 * 1024;
+/**
+ * Gathered uploads under way at once (each holds its chunks' copies, and the server's batch memory).
+ * Three, because what an incremental cycle waits for is the server rebuilding deltas from bases read
+ * from scattered packs: latency, which more uploads in flight hide.
+ */
+const GATHERED_UPLOADS_IN_FLIGHT = 3;
 /** How long one request may keep failing (server restarting, network down) before the cycle gives up. */
 const REQUEST_DEADLINE_MS = 10 * 60_000;
 
@@ -72,6 +80,12 @@ export interface ReplicationDeps {
   /** Compresses the chunks sent; without it chunks are sent raw. */
   compression?: CompressionPool;
 }
+
+/**
+ * Slabs gathered chunks are copied into, kept between batches and cycles: one per gathered upload in
+ * flight and one filling. Sized for 64 KiB chunks; a larger chunk size gets slabs of its own.
+ */
+const gatheredSlabs = new SharedBufferCache(GATHERED_BATCH_BYTES + WINDOW_CHUNKS * 64 * 1024, GATHERED_UPLOADS_IN_FLIGHT + 1);
 
 /** Runs one replication job to a committed point. Throws FerryError on failure. */
 export async function replicateMachine(job: ReplicateJob, deps: ReplicationDeps): Promise<PointView> {
@@ -313,33 +327,47 @@ async function readDisk(
     // usual window) are copied out and gathered with those of other windows: one query and one upload
     // (one pack, one fsync on the server) for many windows instead of one each.
     if (candidates.length >= (last - first) / SPARSE_WINDOW_SHARE) return uploadMissing(candidates, deps);
+    // Copied (the window buffer is reused once this returns) into the gathered batch's slab: one
+    // buffer reused from batch to batch, not a 64 KiB allocation per chunk that malloc would keep.
+    gatheredSlab ??= gatheredSlabs.take(gatheredSlabBytes);
     for (const candidate of candidates) {
-      candidate.data = Buffer.from(candidate.data); // a copy: the window buffer is reused once this returns
+      const copy = gatheredSlab.subarray(gatheredBytes, gatheredBytes + candidate.data.length);
+      candidate.data.copy(copy);
+      candidate.data = copy;
       gathered.push(candidate);
-      gatheredBytes += candidate.data.length;
+      gatheredBytes += copy.length;
     }
     if (gatheredBytes >= GATHERED_BATCH_BYTES) await sendGathered();
     return 0;
   };
   const gathered: Candidate[] = [];
   let gatheredBytes = 0;
+  // A slab holds a gathered batch: up to GATHERED_BATCH_BYTES, then one more window's changed chunks
+  // (a sparse window's are under a quarter of it), so a window's chunks always fit.
+  const gatheredSlabBytes = GATHERED_BATCH_BYTES + WINDOW_CHUNKS * chunkSize;
+  let gatheredSlab: Buffer | null = null;
   // Gathered uploads run apart from the windows (their chunks are copies), so reading goes on while
   // one is sent; only when GATHERED_UPLOADS_IN_FLIGHT are under way does the next wait for the oldest.
   const gatheredUploads: Promise<number>[] = [];
   const sendGathered = async (): Promise<void> => {
     const batch = gathered.splice(0);
+    const slab = gatheredSlab;
     gatheredBytes = 0;
-    if (batch.length === 0) return;
+    gatheredSlab = null;
+    if (batch.length === 0) {
+      if (slab) gatheredSlabs.give(slab);
+      return;
+    }
     while (gatheredUploads.length >= GATHERED_UPLOADS_IN_FLIGHT) {
       const sent = await gatheredUploads.shift()!; // awaited first: `sentBytes += await` would lose concurrent additions
       sentBytes += sent;
     }
-    const upload = uploadMissing(batch, deps);
+    const upload = uploadMissing(batch, deps).finally(() => gatheredSlabs.give(slab!));
     upload.catch(() => undefined); // a failure is rethrown where the upload is awaited
     gatheredUploads.push(upload);
   };
 
-  // Window buffers are allocated once and reused: a fresh 16 MiB buffer per window makes glibc's malloc
+  // Window buffers are allocated once and reused: a fresh 8 MiB buffer per window makes glibc's malloc
   // keep freed ones around (its mmap threshold grows), so memory would climb far past what is in use.
   // With a pool they are its shared buffers, kept between cycles, which its workers read in place.
   const freeBuffers: Buffer[] = [];

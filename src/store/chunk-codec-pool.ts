@@ -14,8 +14,8 @@ import type { ChunkCodecRequest, ChunkCodecResult, IngestRequest } from './chunk
 import type { IngestInput } from './chunk-checks.js';
 import { ChunkCodec, type ObjectCodec, plainObjectHeader } from './chunk-object.js';
 
-/** Size of an ingest staging buffer: an agent's usual batch (a window of 128 chunks, or a gathered 16 MiB) fits. */
-const STAGING_BYTES = 16 * 1024 * 1024 + 64 * 1024;
+/** Size of an ingest staging buffer: an agent's usual batch (a window of 128 chunks, or a gathered 8 MiB) fits. */
+const STAGING_BYTES = 8 * 1024 * 1024 + 64 * 1024;
 /** Staging buffers kept for reuse: as many as batches usually arrive at once. */
 const STAGING_KEPT = 4;
 
@@ -38,7 +38,7 @@ export interface ObjectToDecode {
 export class ChunkCodecPool {
   private readonly pool: WorkerPool<ChunkCodecRequest, ChunkCodecResult>;
   /**
-   * Shared buffers for a batch's worth of chunks (16 MiB and a little), reused: ingest stages payloads in
+   * Shared buffers for a batch's worth of chunks (8 MiB and a little), reused: ingest stages payloads in
    * them, and the store reads delta bases into them (`takeShared`).
    */
   private readonly sharedBuffers = new SharedBufferCache(STAGING_BYTES, STAGING_KEPT);
@@ -55,7 +55,7 @@ export class ChunkCodecPool {
 
   /**
    * A shared buffer of at least `length` bytes to decode into, reused between calls when of the usual
-   * size (16 MiB and a little); give it back with `giveShared` once nothing reads it any more.
+   * size (8 MiB and a little); give it back with `giveShared` once nothing reads it any more.
    */
   takeShared(length: number): Buffer {
     return this.sharedBuffers.take(length);
@@ -117,34 +117,47 @@ export class ChunkCodecPool {
       offset += chunk.payload.length;
     }
     const payloads = staging.subarray(0, total);
-    const request: IngestRequest = {
-      kind: 'ingest',
-      payloads,
-      at,
-      payloadLengths: chunks.map((chunk) => chunk.payload.length),
-      hashHexes: chunks.map((chunk) => chunk.hashHex),
-      objectKeys: chunks.map((chunk) => chunk.objectKey),
-      compressed: chunks.map((chunk) => chunk.compressed),
-      rebuiltFrom: chunks.map((chunk) => chunk.rebuiltFrom ?? null),
-      compressionLevel: codec.compressionLevel,
-      dataKey: codec.dataKey,
-    };
-    let result: ChunkCodecResult;
+    // A batch is cut into one slice per worker (slices of at least INGEST_SLICE_MIN_BYTES), so one
+    // batch uses every core: a batch's latency is what holds an agent's next upload back.
+    const slices = sliceBatch(chunks.map((chunk) => chunk.payload.length), this.size);
+    let results: ChunkCodecResult[];
     try {
-      result = await this.pool.run(request);
+      results = await Promise.all(
+        slices.map(({ first, end }) =>
+          this.pool.run({
+            kind: 'ingest',
+            payloads,
+            at: at.slice(first, end),
+            payloadLengths: chunks.slice(first, end).map((chunk) => chunk.payload.length),
+            hashHexes: chunks.slice(first, end).map((chunk) => chunk.hashHex),
+            objectKeys: chunks.slice(first, end).map((chunk) => chunk.objectKey),
+            compressed: chunks.slice(first, end).map((chunk) => chunk.compressed),
+            rebuiltFrom: chunks.slice(first, end).map((chunk) => chunk.rebuiltFrom ?? null),
+            compressionLevel: codec.compressionLevel,
+            dataKey: codec.dataKey,
+          } satisfies IngestRequest),
+        ),
+      );
     } finally {
       this.sharedBuffers.give(staging);
     }
-    if (result.kind !== 'ingest') throw new FerryError('internal', 'chunk codec worker answered an ingest with a decode');
-    const objects = Buffer.from(result.objects.buffer, result.objects.byteOffset, result.objects.byteLength);
-    let objectAt = 0;
-    return result.objectLengths.map((length, position) => {
-      const plain = result.asUploaded[position]!;
-      if (plain === ChunkCodec.None || plain === ChunkCodec.Zstd) return [plainObjectHeader(plain), chunks[position]!.payload];
-      const object = objects.subarray(objectAt, objectAt + length);
-      objectAt += length;
-      return [object];
+    const stored: Uint8Array[][] = [];
+    slices.forEach(({ first }, slice) => {
+      const result = results[slice]!;
+      if (result.kind !== 'ingest') throw new FerryError('internal', 'chunk codec worker answered an ingest with a decode');
+      const objects = Buffer.from(result.objects.buffer, result.objects.byteOffset, result.objects.byteLength);
+      let objectAt = 0;
+      result.objectLengths.forEach((length, offset) => {
+        const plain = result.asUploaded[offset]!;
+        if (plain === ChunkCodec.None || plain === ChunkCodec.Zstd) {
+          stored.push([plainObjectHeader(plain), chunks[first + offset]!.payload]);
+          return;
+        }
+        stored.push([objects.subarray(objectAt, objectAt + length)]);
+        objectAt += length;
+      });
     });
+    return stored;
   }
 
   /** Stops the workers; calls still waiting fail. */
@@ -168,6 +181,31 @@ export async function closeSharedChunkCodecPool(): Promise<void> {
   const pool = shared;
   shared = null;
   await pool?.close();
+}
+
+/** Smallest slice of a batch worth a worker of its own (a message costs about what 1 MiB of work does). */
+const INGEST_SLICE_MIN_BYTES = 1024 * 1024;
+
+/**
+ * Cuts a batch of chunks (their lengths, in order) into at most `workers` runs of consecutive chunks of
+ * about equal bytes, none under INGEST_SLICE_MIN_BYTES unless the batch is: `[first, end)` positions.
+ */
+export function sliceBatch(lengths: readonly number[], workers: number): { first: number; end: number }[] {
+  const total = lengths.reduce((sum, length) => sum + length, 0);
+  const count = Math.max(1, Math.min(workers, Math.floor(total / INGEST_SLICE_MIN_BYTES), lengths.length));
+  const slices: { first: number; end: number }[] = [];
+  let first = 0;
+  let bytes = 0;
+  for (let position = 0; position < lengths.length; position++) {
+    bytes += lengths[position]!;
+    // Close a slice once it reaches its share of the bytes, leaving at least one chunk for each slice after it.
+    if (slices.length < count - 1 && bytes >= (total * (slices.length + 1)) / count && lengths.length - position - 1 >= count - slices.length - 1) {
+      slices.push({ first, end: position + 1 });
+      first = position + 1;
+    }
+  }
+  slices.push({ first, end: lengths.length });
+  return slices;
 }
 
 /** A view to send `buffer` as: itself, moved, when it owns its whole ArrayBuffer; else a copy, moved. */

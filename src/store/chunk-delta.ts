@@ -35,11 +35,12 @@ export function blockLengthOf(block: number, chunkLength: number, blockSize: num
 }
 
 /**
- * The chunk a delta describes: a copy of `base` with the changed blocks written over it. Pure; does not
- * check the result's hash (the store does). Throws delta-base-missing, naming `hashHex` (the chunk
- * being rebuilt), when `base` is not `chunkLength` bytes: it cannot be the base the agent meant.
+ * The chunk a delta describes: `base` with the changed blocks written over it, in a new buffer, or in
+ * `into` (`chunkLength` bytes; it may be `base` itself, which is then rebuilt in place). Does not check
+ * the result's hash (the store does). Throws delta-base-missing, naming `hashHex` (the chunk being
+ * rebuilt), when `base` is not `chunkLength` bytes: it cannot be the base the agent meant.
  */
-export function applyDelta(hashHex: string, base: Uint8Array, delta: ChunkDelta): Buffer {
+export function applyDelta(hashHex: string, base: Uint8Array, delta: ChunkDelta, into?: Buffer): Buffer {
   if (base.length !== delta.chunkLength) {
     throw new FerryError(
       'delta-base-missing',
@@ -47,7 +48,13 @@ export function applyDelta(hashHex: string, base: Uint8Array, delta: ChunkDelta)
       { details: { hash: hashHex, base: delta.baseHashHex } },
     );
   }
-  const chunk = Buffer.from(base); // a copy: the base may be a view into a pack read shared with other chunks
+  let chunk: Buffer;
+  if (into === undefined) chunk = Buffer.from(base); // a copy: the base may be a view into a pack read shared with other chunks
+  else {
+    if (into.length !== delta.chunkLength) throw new Error(`a chunk of ${delta.chunkLength} bytes cannot be rebuilt into ${into.length} bytes`);
+    chunk = into;
+    if (into.buffer !== base.buffer || into.byteOffset !== base.byteOffset) chunk.set(base);
+  }
   let from = 0;
   for (const block of delta.changedBlocks) {
     const length = blockLengthOf(block, delta.chunkLength, delta.blockSize);

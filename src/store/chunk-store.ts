@@ -74,8 +74,14 @@ function coalescedRuns(packed: WantedChunk[]): WantedChunk[][] {
   }
   return runs;
 }
-/** Range reads `readChunksInto` keeps in flight. */
+/** Range reads `readChunksInto` keeps in flight when they are large (a restore's runs of a pack). */
 const RUN_READS_IN_FLIGHT = 4;
+/**
+ * Range reads in flight when they are small (at most SMALL_RUN_BYTES on average): a batch's delta
+ * bases, one chunk each, scattered over many packs, where the latency of each read is what counts.
+ */
+const SMALL_RUN_READS_IN_FLIGHT = 16;
+const SMALL_RUN_BYTES = 256 * 1024;
 /** Backend calls in flight when checking, touching or cataloguing many objects. */
 const IO_CONCURRENCY = 32;
 
@@ -215,7 +221,16 @@ export class ChunkStore {
    * received and how many newly stored.
    */
   async putChunks(uploads: readonly ChunkUpload[], gate: PresenceGate = (hashes) => this.touchChunks(hashes)): Promise<{ received: number; stored: number }> {
-    const chunks = await this.resolveDeltas(uploads);
+    const { chunks, release } = await this.resolveDeltas(uploads);
+    try {
+      return await this.storeChunks(chunks, gate);
+    } finally {
+      release(); // stored (objects may refer to the rebuilt bytes until their pack is written)
+    }
+  }
+
+  /** `putChunks` once every upload is a whole chunk. */
+  private async storeChunks(chunks: readonly ChunkToStore[], gate: PresenceGate): Promise<{ received: number; stored: number }> {
     const objects = await this.checkAndEncode(chunks);
     const catalog = await this.catalog();
     const present = await gate(chunks.map((chunk) => chunk.hashHex));
@@ -275,14 +290,15 @@ export class ChunkStore {
   /**
    * The uploads as whole chunks, in input order: a whole chunk as it is, a delta rebuilt from its base
    * (read and checked like `getChunk`, several at once; every base is read before anything is stored),
-   * Does not check the results against their names
-   * (`putChunks` does). Throws delta-base-missing, not retryable,
+   * with `release`, to call once nothing reads the rebuilt chunks any more: they are rebuilt in the
+   * shared buffer their bases were read into (in place, for a base only one delta uses). Does not check
+   * the results against their names (`putChunks` does). Throws delta-base-missing, not retryable,
    * naming the chunk and its base, when a base is not in the store, does not read back sound, or is not
    * the delta's length: the agent then sends that chunk whole.
    */
-  async resolveDeltas(uploads: readonly ChunkUpload[]): Promise<ChunkToStore[]> {
+  private async resolveDeltas(uploads: readonly ChunkUpload[]): Promise<{ chunks: ChunkToStore[]; release: () => void }> {
     const deltas = uploads.filter(isDelta);
-    if (deltas.length === 0) return uploads as ChunkToStore[];
+    if (deltas.length === 0) return { chunks: uploads as ChunkToStore[], release: () => undefined };
     const baseNames = [...new Set(deltas.map((upload) => upload.delta.baseHashHex))];
     const bases = new Map<string, Buffer>();
     const pool = this.codecPool ?? sharedChunkCodecPool();
@@ -312,13 +328,23 @@ export class ChunkStore {
         { details: { hash: upload.hashHex, base: upload.delta.baseHashHex }, cause: error },
       );
     }
-    const rebuilt = uploads.map((upload) => {
-      if (!isDelta(upload)) return upload;
-      const data = applyDelta(upload.hashHex, bases.get(upload.delta.baseHashHex)!, upload.delta); // a copy of its base
-      return { hashHex: upload.hashHex, data, rebuiltFrom: upload.delta.baseHashHex };
-    });
-    pool.giveShared(basesBuffer!);
-    return rebuilt;
+    // A base only one delta uses is rebuilt in place: no copy, no allocation per chunk.
+    const uses = new Map<string, number>();
+    for (const upload of deltas) uses.set(upload.delta.baseHashHex, (uses.get(upload.delta.baseHashHex) ?? 0) + 1);
+    try {
+      const chunks = uploads.map((upload) => {
+        if (!isDelta(upload)) return upload;
+        const base = bases.get(upload.delta.baseHashHex)!;
+        const into = uses.get(upload.delta.baseHashHex) === 1 && base.length === upload.delta.chunkLength ? base : undefined;
+        const data = applyDelta(upload.hashHex, base, upload.delta, into);
+        return { hashHex: upload.hashHex, data, rebuiltFrom: upload.delta.baseHashHex };
+      });
+      const buffer = basesBuffer!;
+      return { chunks, release: () => pool.giveShared(buffer) };
+    } catch (error) {
+      pool.giveShared(basesBuffer!);
+      throw error;
+    }
   }
 
   /**
@@ -456,7 +482,9 @@ export class ChunkStore {
     let readBufferUsed = 0;
     const readInto = this.backend.getRangeInto?.bind(this.backend);
     const shared = readBuffer && isShared(readBuffer) ? Buffer.from(readBuffer.buffer, readBuffer.byteOffset, readBuffer.byteLength) : null;
-    await mapLimited(runs, RUN_READS_IN_FLIGHT, async (run) => {
+    const runBytes = runs.reduce((total, run) => total + run.at(-1)!.entry!.offset + run.at(-1)!.entry!.length - run[0]!.entry!.offset, 0);
+    const readsInFlight = runBytes <= runs.length * SMALL_RUN_BYTES ? SMALL_RUN_READS_IN_FLIGHT : RUN_READS_IN_FLIGHT;
+    await mapLimited(runs, readsInFlight, async (run) => {
       if (failure) return;
       const first = run[0]!.entry!;
       const last = run.at(-1)!.entry!;

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChunkCodecPool } from '../../src/store/chunk-codec-pool.js';
+import { ChunkCodecPool, sliceBatch } from '../../src/store/chunk-codec-pool.js';
 import { decodeChunkObject, encodeChunkObject, compressChunk, PLAIN_CODEC, type ObjectCodec } from '../../src/store/chunk-object.js';
 import { ChunkStore, chunkKey } from '../../src/store/chunk-store.js';
 import { hashChunk } from '../../src/store/chunking.js';
@@ -96,6 +96,45 @@ describe('ChunkCodecPool', () => {
     await assert.rejects(pool.ingest([{ ...upload(text, random, false), rebuiltFrom: 'ab'.repeat(32) }], PLAIN_CODEC), ferryError('chunk-hash-mismatch', ['once rebuilt']));
     const zeros = Buffer.alloc(4096);
     await assert.rejects(pool.ingest([upload(zeros, zeros, false)], PLAIN_CODEC), ferryError('invalid-request', ['all zeros']));
+  });
+
+  test('a large batch is cut into one slice per worker, and the objects come back in input order', async (t) => {
+    const pool = new ChunkCodecPool(2);
+    t.after(() => pool.close());
+    // 64 chunks of 64 KiB (4 MiB): two slices of 32. Mixed kinds, so an out-of-order join would show.
+    const chunks = Array.from({ length: 64 }, (_, position) => (position % 3 === 0 ? randomBytes(65536) : textChunk(`chunk-${position}`)));
+    const uploads = chunks.map((chunk) => {
+      const hashHex = hashChunk(chunk).toString('hex');
+      return { hashHex, payload: chunk, compressed: false, objectKey: chunkKey(hashHex) };
+    });
+    const objects = await pool.ingest(uploads, ENCRYPTED);
+    assert.equal(objects.length, chunks.length);
+    objects.forEach((parts, position) => assert.deepEqual(decodeChunkObject(Buffer.concat(parts), uploads[position]!.objectKey, ENCRYPTED), chunks[position]));
+    // A bad chunk in the second slice still refuses the batch.
+    const bad = [...uploads];
+    bad[50] = { ...bad[50]!, payload: randomBytes(65536) };
+    await assert.rejects(pool.ingest(bad, PLAIN_CODEC), ferryError('chunk-hash-mismatch', [uploads[50]!.hashHex]));
+  });
+
+  test('sliceBatch: consecutive runs of about equal bytes, at most one per worker, none for less than 1 MiB', () => {
+    const chunk = 65536;
+    assert.deepEqual(sliceBatch(Array(128).fill(chunk), 2), [{ first: 0, end: 64 }, { first: 64, end: 128 }]);
+    assert.deepEqual(sliceBatch(Array(128).fill(chunk), 4), [{ first: 0, end: 32 }, { first: 32, end: 64 }, { first: 64, end: 96 }, { first: 96, end: 128 }]);
+    assert.deepEqual(sliceBatch(Array(8).fill(chunk), 2), [{ first: 0, end: 8 }]); // 512 KiB: not worth a second worker
+    assert.deepEqual(sliceBatch([4 << 20, 1, 1, 1], 2), [{ first: 0, end: 1 }, { first: 1, end: 4 }]); // by bytes, not count
+    assert.deepEqual(sliceBatch([], 2), [{ first: 0, end: 0 }]);
+    // Every chunk in exactly one slice, in order, whatever the sizes.
+    const lengths = Array.from({ length: 300 }, (_, position) => ((position * 7919) % 65536) + 1);
+    for (const workers of [1, 2, 3, 4]) {
+      const slices = sliceBatch(lengths, workers);
+      assert.ok(slices.length <= workers);
+      assert.equal(slices[0]!.first, 0);
+      assert.equal(slices.at(-1)!.end, lengths.length);
+      slices.forEach((slice, position) => {
+        assert.ok(slice.end > slice.first);
+        if (position > 0) assert.equal(slice.first, slices[position - 1]!.end);
+      });
+    }
   });
 
   test('a closed pool refuses work with a retryable error instead of hanging', async () => {

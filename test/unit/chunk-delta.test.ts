@@ -88,6 +88,42 @@ describe('chunks uploaded as deltas', () => {
     assert.deepEqual(await store.getChunks([a.upload.hashHex, hashChunk(whole).toString('hex'), b.upload.hashHex, c.upload.hashHex]), [a.data, whole, b.data, c.data]);
   });
 
+  // Rebuilt chunks live in the shared buffer their bases were read into (in place), which is reused by
+  // the next batch: an incompressible rebuilt chunk is written as it is, referring to that memory, so
+  // the buffer must not be reused before the pack is written.
+  test('large batches of deltas over incompressible bases, one stored while another waits to write, store exactly the rebuilt chunks', async (t) => {
+    const store = await openStore(t);
+    const batchOf = async (count: number) => {
+      const uploads: { data: Buffer; upload: DeltaChunkToStore }[] = [];
+      for (let position = 0; position < count; position++) {
+        const data = randomBytes(65536);
+        const base = { data, hashHex: hashChunk(data).toString('hex') };
+        await store.putChunk(base.hashHex, data);
+        // A random new block, so the rebuilt chunk does not compress and is stored as it was rebuilt.
+        const block = position % 16;
+        const rebuilt = Buffer.from(data);
+        randomBytes(BLOCK).copy(rebuilt, block * BLOCK);
+        const delta: ChunkDelta = { baseHashHex: base.hashHex, blockSize: BLOCK, chunkLength: rebuilt.length, changedBlocks: [block], blocks: rebuilt.subarray(block * BLOCK, (block + 1) * BLOCK) };
+        uploads.push({ data: rebuilt, upload: { hashHex: hashChunk(rebuilt).toString('hex'), delta } });
+      }
+      return uploads;
+    };
+    const first = await batchOf(96); // 6 MiB of chunks: checked in the codec pool
+    const second = await batchOf(96);
+    // The second batch runs whole while the first is between encoding and writing its pack (its gate).
+    let secondResult: unknown = null;
+    const firstResult = await store.putChunks(
+      first.map((each) => each.upload),
+      async (hashes) => {
+        secondResult = await store.putChunks(second.map((each) => each.upload));
+        return store.touchChunks(hashes);
+      },
+    );
+    assert.deepEqual([firstResult, secondResult], [{ received: 96, stored: 96 }, { received: 96, stored: 96 }]);
+    const all = [...first, ...second];
+    assert.deepEqual(await store.getChunks(all.map((each) => each.upload.hashHex)), all.map((each) => each.data));
+  });
+
   test('a delta whose base is not in the store: delta-base-missing naming both, and the whole batch stores nothing', async (t) => {
     const store = await openStore(t);
     const stored = await storeBase(store, 'stored');

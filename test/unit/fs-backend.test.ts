@@ -78,4 +78,32 @@ describe('FilesystemBackend when its directories change underneath', () => {
     await assert.rejects(backend.getRangeInto('packs/ab/ab01', 8, target), ferryError('corrupt-data', ['truncated']));
     await assert.rejects(backend.getRangeInto('packs/ab/gone', 0, target), ferryError('not-found'));
   });
+
+  // Range reads keep files open for a moment (delta bases are thousands of small reads of a few packs).
+  test('range reads reuse open files; put and delete through the backend are never hidden by them', async (t) => {
+    const root = path.join(await tempDirFor(t), 'store');
+    const backend = new FilesystemBackend(root);
+    t.after(() => backend.close());
+    const openFiles = async () => (await fs.readdir('/proc/self/fd')).length;
+    await backend.put('packs/ab/ab01', Buffer.alloc(4096, 1));
+    const before = await openFiles();
+    await Promise.all(Array.from({ length: 200 }, (_, position) => backend.getRange('packs/ab/ab01', position, 16)));
+    assert.equal(await openFiles(), before + 1, 'one file kept open for 200 reads of one object');
+
+    await backend.put('packs/ab/ab01', Buffer.alloc(4096, 2)); // replaced: reads must see the new bytes
+    assert.deepEqual(await backend.getRange('packs/ab/ab01', 10, 4), Buffer.alloc(4, 2));
+    await backend.delete('packs/ab/ab01');
+    await assert.rejects(backend.getRange('packs/ab/ab01', 0, 1), ferryError('not-found', ['packs/ab/ab01']));
+
+    // Many objects: at most 64 stay open.
+    for (let position = 0; position < 100; position++) await backend.put(`packs/cd/cd${String(position).padStart(3, '0')}`, Buffer.alloc(64, position));
+    for (let position = 0; position < 100; position++) {
+      assert.deepEqual(await backend.getRange(`packs/cd/cd${String(position).padStart(3, '0')}`, 0, 8), Buffer.alloc(8, position));
+    }
+    assert.ok((await openFiles()) <= before + 64, `at most 64 files kept open, found ${(await openFiles()) - before} more`);
+    await backend.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok((await openFiles()) <= before, 'close() closes them');
+    assert.deepEqual(await backend.getRange('packs/cd/cd007', 0, 8), Buffer.alloc(8, 7)); // still usable after close
+  });
 });
