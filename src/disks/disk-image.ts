@@ -47,7 +47,11 @@ export interface DiskImageReader extends DiskSource {
 export interface DiskImageInput {
   /** The virtual disk's size in bytes. */
   size: number;
-  /** Ascending, non-overlapping pieces of data, each within [0, size). A piece may hold zeros. */
+  /**
+   * Ascending, non-overlapping pieces of data, each within [0, size). A piece may hold zeros. A piece's
+   * buffer is the writer's to read until it asks for the next piece: the input may then reuse it (a
+   * writer copies what it needs longer, e.g. grains being compressed).
+   */
   pieces(): AsyncIterable<{ offset: number; data: Buffer }>;
 }
 

@@ -7,7 +7,8 @@
  * - extents: `ExtentMerger` (adjacent ranges of one kind merged, as `DiskImageReader.extents` promises);
  * - writing: `checkedPieces` (the input's pieces checked to ascend within the disk, the abort signal
  *   checked and progress reported between them), `throwIfAborted`, and `writeImageFileAtomically` (a
- *   temporary file in the target's directory, fsynced, renamed, the directory fsynced; removed on failure).
+ *   temporary file in the target's directory written through an `ImageFileWriter` (image-writer.ts),
+ *   fsynced, renamed, the directory fsynced; removed on failure).
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -15,6 +16,8 @@ import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { fsyncDirectory } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageInput, DiskImageWriteOptions } from './disk-image.js';
+import { openForDirectWrites } from './direct-io.js';
+import { ImageFileWriter } from './image-writer.js';
 
 /** What an I/O error says went wrong, for messages: its errno code (ENOENT, EIO...), else its message. */
 export function ioErrorReason(error: unknown): string {
@@ -129,14 +132,16 @@ export async function* checkedPieces(what: string, input: DiskImageInput, option
 
 /**
  * Creates `filePath` atomically: `fill` writes the file into a new temporary file in the same directory
- * (".<name>.<random>.tmp"), which is then fsynced, renamed to `filePath` (replacing what was there) and
+ * (".<name>.<random>.tmp"), through the handle or the `ImageFileWriter` over it it is given (whose queued
+ * writes are flushed once `fill` returns), which is then fsynced once (covering what went
+ * around the page cache too: see direct-io.ts), renamed to `filePath` (replacing what was there) and
  * the directory fsynced. The signal is checked before anything is created and once `fill` returns. On
  * any failure or abort the temporary file is removed and `filePath` is left as it was. FerryErrors and
  * the signal's reason propagate as they are; other failures become FerryError 'io-error'
  * "<noun> <filePath> cannot be written (<reason>)" (`noun`: 'disk image', or e.g. 'OVA'). Resolves with
  * the file's size in bytes.
  */
-export async function writeImageFileAtomically(filePath: string, signal: AbortSignal | undefined, fill: (handle: fs.FileHandle) => Promise<void>, noun = 'disk image'): Promise<number> {
+export async function writeImageFileAtomically(filePath: string, signal: AbortSignal | undefined, fill: (handle: fs.FileHandle, writer: ImageFileWriter) => Promise<void>, noun = 'disk image'): Promise<number> {
   throwIfAborted(signal);
   const writeFailure = (error: unknown) => new FerryError('io-error', `${noun} ${filePath} cannot be written (${ioErrorReason(error)})`, { cause: error, details: { path: filePath } });
   const directory = path.dirname(filePath);
@@ -147,10 +152,14 @@ export async function writeImageFileAtomically(filePath: string, signal: AbortSi
   } catch (error) {
     throw writeFailure(error);
   }
+  const direct = await openForDirectWrites(temporaryPath);
+  const writer = new ImageFileWriter(handle, { direct });
   let closed = false;
   let renamed = false;
   try {
-    await fill(handle);
+    await fill(handle, writer);
+    await writer.flush();
+    await direct?.close();
     throwIfAborted(signal);
     await handle.sync();
     closed = true;
@@ -160,6 +169,8 @@ export async function writeImageFileAtomically(filePath: string, signal: AbortSi
     await fsyncDirectory(directory);
     return (await fs.stat(filePath)).size;
   } catch (error) {
+    await writer.settle(); // no write may still run when the file is closed and removed
+    await direct?.close().catch(() => undefined);
     if (!closed) await handle.close().catch(() => undefined);
     if (!renamed) await fs.rm(temporaryPath, { force: true }).catch(() => undefined);
     if (error instanceof FerryError || (signal?.aborted && error === signal.reason)) throw error;

@@ -23,7 +23,6 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
-import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskImageInput, DiskImageReader, DiskImageWriteOptions } from './disk-image.js';
 import { ioErrorReason, throwIfAborted, writeImageFileAtomically } from './image-file.js';
 import { FileSink, openVmdkAt, writeStreamOptimizedTo } from './vmdk.js';
@@ -234,20 +233,20 @@ export async function writeOva(ovaPath: string, machine: OvaMachine, disks: read
   const size = await writeImageFileAtomically(
     ovaPath,
     options.signal,
-    async (handle) => {
+    async (_handle, writer) => {
       let position = BLOCK + padToBlock(reservedOvfBytes);
       for (const [index, input] of disks.entries()) {
         const file = diskFiles[index]!;
         const hash = createHash('sha256');
         const headerPosition = position;
-        const sink = new FileSink(ovaPath, handle, headerPosition + BLOCK, (data) => hash.update(data));
+        const sink = new FileSink(ovaPath, writer, headerPosition + BLOCK, (data) => hash.update(data));
         await writeStreamOptimizedTo(sink, input, file.fileName, { signal: options.signal, onProgress: (done) => options.onProgress?.(disksDone + done) });
         await sink.flush();
         file.fileBytes = sink.position;
         file.sha256 = hash.digest('hex');
         const padding = padToBlock(file.fileBytes) - file.fileBytes;
-        await writeAllAt(handle, [tarHeader(file.fileName, file.fileBytes, mtime)], headerPosition);
-        if (padding > 0) await writeAllAt(handle, [Buffer.alloc(padding)], headerPosition + BLOCK + file.fileBytes);
+        await writer.write(headerPosition, tarHeader(file.fileName, file.fileBytes, mtime));
+        if (padding > 0) await writer.write(headerPosition + BLOCK + file.fileBytes, Buffer.alloc(padding));
         position = headerPosition + BLOCK + padToBlock(file.fileBytes);
         disksDone += input.size;
       }
@@ -257,17 +256,17 @@ export async function writeOva(ovaPath: string, machine: OvaMachine, disks: read
       const ovf = Buffer.alloc(reservedOvfBytes, ' '); // trailing spaces after the root element are allowed XML
       ovf.write(rendered, 0, 'utf8');
       ovf[reservedOvfBytes - 1] = 0x0a;
-      await writeAllAt(handle, [tarHeader(ovfName, ovf.length, mtime), ovf, Buffer.alloc(padToBlock(ovf.length) - ovf.length)], 0);
+      await writer.write(0, Buffer.concat([tarHeader(ovfName, ovf.length, mtime), ovf, Buffer.alloc(padToBlock(ovf.length) - ovf.length)]));
 
       if (options.manifest !== false) {
         const digests = [{ name: ovfName, sha256: createHash('sha256').update(ovf).digest('hex') }, ...diskFiles.map((file) => ({ name: file.fileName, sha256: file.sha256 }))];
         const manifest = Buffer.from(digests.map((each) => `SHA256(${each.name})= ${each.sha256}\n`).join(''));
-        await writeAllAt(handle, [tarHeader(`${stem}.mf`, manifest.length, mtime), manifest, Buffer.alloc(padToBlock(manifest.length) - manifest.length)], position);
+        await writer.write(position, Buffer.concat([tarHeader(`${stem}.mf`, manifest.length, mtime), manifest, Buffer.alloc(padToBlock(manifest.length) - manifest.length)]));
         position += BLOCK + padToBlock(manifest.length);
       }
       // End of archive: two zero blocks, then up to a whole record.
       const end = Math.ceil((position + 2 * BLOCK) / TAR_RECORD) * TAR_RECORD;
-      await writeAllAt(handle, [Buffer.alloc(end - position)], position);
+      await writer.write(position, Buffer.alloc(end - position));
     },
     'OVA',
   );

@@ -8,7 +8,9 @@
  * or zstd when the compression-type feature says so) inflates to exactly one cluster, and an unallocated
  * cluster reads from the backing file (qcow2 or raw, resolved relative to the image's directory; zeros
  * past a shorter backing file's end) or, without one, as zeros. Extents of an image with a backing file
- * ask the backing reader, so an unallocated cluster is `data` where the backing file has data.
+ * ask the backing reader, so an unallocated cluster is `data` where the backing file has data. A read
+ * gathers the clusters it needs from the file and hands them to parallel-inflate.ts: nearby ones are
+ * fetched with one read and zlib clusters inflated in worker threads (zstd ones on the spot).
  * - The 'dirty' incompatible bit (lazy refcounts) is accepted: it only says refcounts may be stale, and
  *   reading never uses refcounts. The 'corrupt' bit is refused with corrupt-data.
  * - Internal snapshots are ignored: the active L1 table (the header's) is what is read.
@@ -23,19 +25,20 @@
  *
  * Writing: qcow2 v3, 64 KiB clusters, refcount_bits 16, subformats 'v3' and 'v3-compressed' (zlib
  * clusters, stored uncompressed where compression does not save at least a sector). One pass over the
- * input: data clusters are appended as pieces come (all-zero clusters are not allocated); the L2 tables
+ * input: data clusters are appended as pieces come (all-zero clusters are not allocated; the appends
+ * coalesce into large writes in the `ImageFileWriter`, image-writer.ts); the L2 tables
  * (only those covering data), refcount blocks and refcount table follow the data, and the header and the
  * L1 table (sized from input.size, reserved up front after the header) are written last.
  */
-import { isAllZero } from '../store/chunking.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { deflateRawSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';
 import { FerryError } from '../errors.js';
-import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
-import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readBytes, writeImageFileAtomically } from './image-file.js';
+import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readBytes, readExactly, writeImageFileAtomically } from './image-file.js';
+import { type ImageFileWriter, wholeBlocks } from './image-writer.js';
+import { type Inflated, inflateUnits, type StoredUnit } from './parallel-inflate.js';
 import { openRawImage } from './raw-image.js';
 
 const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
@@ -48,6 +51,8 @@ const MAX_L1_TABLE_BYTES = 32 * 1024 * 1024;
 const MAX_BACKING_FILE_NAME = 1023;
 /** How many images a backing chain may hold below the opened one. */
 const MAX_BACKING_DEPTH = 16;
+/** A run of plain clusters at least this long is read straight into the caller's buffer, not with the compressed ones. */
+const DIRECT_RUN_BYTES = 256 * 1024;
 /** Bytes of L2 tables the reader keeps cached (at least two tables). */
 const L2_CACHE_BYTES = 4 * 1024 * 1024;
 const SECTOR = 512;
@@ -74,6 +79,16 @@ const HIGH_OFFSET_MASK = 0x00ffffff;
 const LOW_OFFSET_MASK = 0xfffffe00;
 
 type CompressionType = 'zlib' | 'zstd';
+
+/** A cluster (or a run of plain clusters) a read fetches from the file: where it lies, and where its bytes go. */
+interface StoredCluster extends StoredUnit {
+  kind: 'standard' | 'compressed';
+  clusterIndex: number;
+  /** Where the bytes go in the read's buffer, from which byte of the (first) cluster, and how many. */
+  into: number;
+  within: number;
+  span: number;
+}
 
 /** What one guest cluster maps to. */
 type ClusterMapping =
@@ -356,6 +371,10 @@ class Qcow2Reader implements DiskImageReader {
   async read(buffer: Buffer, length: number, offset: number): Promise<void> {
     checkReadRange(this.path, this.size, buffer, length, offset);
     const end = offset + length;
+    // Clusters stored in the file (plain or compressed) are gathered, then fetched and inflated together;
+    // long runs of plain clusters are read straight into the buffer, meanwhile.
+    const stored: StoredCluster[] = [];
+    const runs: Promise<void>[] = [];
     let position = offset;
     while (position < end) {
       const clusterIndex = Math.floor(position / this.clusterSize);
@@ -376,13 +395,13 @@ class Qcow2Reader implements DiskImageReader {
         case 'unallocated':
           await this.readBacking(buffer, into, span, position);
           break;
-        case 'compressed': {
-          const cluster = await this.inflateCluster(mapping.hostOffset, mapping.storedLength, clusterIndex);
-          cluster.copy(buffer, into, within, within + span);
+        case 'compressed':
+          if (this.lastInflated?.hostOffset === mapping.hostOffset) this.lastInflated.data.copy(buffer, into, within, within + span);
+          // The last sector may extend past the end of the file (QEMU does not pad it): what is missing is not needed.
+          else stored.push({ kind: 'compressed', position: mapping.hostOffset, length: Math.min(mapping.storedLength, this.fileSize - mapping.hostOffset), clusterIndex, into, within, span });
           break;
-        }
         case 'standard': {
-          // Clusters that follow each other in the file too are read in one call.
+          // Clusters that follow each other in the file too are read as one.
           let nextHost = mapping.hostOffset + this.clusterSize;
           while (position + span < end) {
             const next = await this.mapCluster(clusterIndex + Math.ceil((within + span) / this.clusterSize));
@@ -390,12 +409,46 @@ class Qcow2Reader implements DiskImageReader {
             span += Math.min(this.clusterSize, end - position - span);
             nextHost += this.clusterSize;
           }
-          await this.readFileInto(buffer, into, span, mapping.hostOffset + within);
+          // A last guest cluster that is partial may end past the end of the file: its tail is outside the disk.
+          const fileOffset = mapping.hostOffset + within;
+          const available = Math.max(0, Math.min(span, this.fileSize - fileOffset));
+          if (available < DIRECT_RUN_BYTES) stored.push({ kind: 'standard', position: fileOffset, length: available, clusterIndex, into, within, span });
+          else {
+            const run = this.readFileInto(buffer, into, span, fileOffset);
+            run.catch(() => undefined); // awaited below
+            runs.push(run);
+          }
           break;
         }
       }
       position += span;
     }
+    if (stored.length > 0) await this.readStored(buffer, stored);
+    await Promise.all(runs);
+  }
+
+  /** Fetches and inflates `stored` clusters (parallel-inflate.ts) into `buffer`. */
+  private async readStored(buffer: Buffer, stored: StoredCluster[]): Promise<void> {
+    await inflateUnits(
+      stored,
+      (target, at) => readExactly(this.handle, this.path, target, 0, target.length, at, (endsAt) => `file ends at ${endsAt}, before the ${target.length} bytes at ${at} it should hold`),
+      (unit, bytes) => {
+        if (unit.kind === 'standard') return bytes;
+        if (this.header.compression === 'zstd') return inflateZstdCluster(bytes, this.clusterSize, (reason) => this.compressedClusterProblem(unit, reason));
+        return { compression: 'deflate', data: bytes, maxLength: this.clusterSize };
+      },
+      (unit, inflated) => {
+        const data = this.inflatedData(unit, inflated);
+        if (unit.kind === 'standard') {
+          data.copy(buffer, unit.into);
+          buffer.fill(0, unit.into + data.length, unit.into + unit.span);
+          return;
+        }
+        data.copy(buffer, unit.into, unit.within, unit.within + unit.span);
+        // Kept for reads of a few bytes at a time, which would otherwise inflate a cluster again and again.
+        if (unit.span < this.clusterSize) this.lastInflated = { hostOffset: unit.position, data: Buffer.from(data) };
+      },
+    );
   }
 
   async *extents(): AsyncIterable<DiskExtent> {
@@ -506,15 +559,24 @@ class Qcow2Reader implements DiskImageReader {
     if (offset < l1End && offset + length > l1Start) throw corrupt(this.path, `${where} points into the L1 table (at ${offset})`);
   }
 
-  /** One compressed cluster, inflated to exactly one cluster (the last one is kept: reads come in pieces). */
-  private async inflateCluster(hostOffset: number, storedLength: number, clusterIndex: number): Promise<Buffer> {
-    if (this.lastInflated?.hostOffset === hostOffset) return this.lastInflated.data;
-    // The last sector may extend past the end of the file (QEMU does not pad it): what is missing is not needed.
-    const stored = await readAt(this.handle, this.path, Math.min(storedLength, this.fileSize - hostOffset), hostOffset, this.fileSize);
-    const problem = (reason: string) => corrupt(this.path, `compressed guest cluster ${clusterIndex} (at ${hostOffset}): ${reason}`);
-    const data = this.header.compression === 'zstd' ? inflateZstdCluster(stored, this.clusterSize, problem) : inflateZlibCluster(stored, this.clusterSize, problem);
-    this.lastInflated = { hostOffset, data };
-    return data;
+  /** A stored cluster's bytes once inflated: a compressed one must inflate to exactly one cluster (corrupt-data otherwise). */
+  private inflatedData(unit: StoredCluster, inflated: Inflated): Buffer {
+    if ('failure' in inflated) throw this.compressedClusterProblem(unit, inflated.tooLarge ? 'inflates beyond one cluster' : `does not inflate (${inflated.failure})`);
+    if (unit.kind === 'compressed' && inflated.data.length !== this.clusterSize) {
+      throw this.compressedClusterProblem(unit, `inflates to ${inflated.data.length} bytes, not one cluster (${this.clusterSize})`);
+    }
+    return inflated.data;
+  }
+
+  private compressedClusterProblem(unit: StoredCluster, reason: string): FerryError {
+    return corrupt(this.path, `compressed guest cluster ${unit.clusterIndex} (at ${unit.position}): ${reason}`);
+  }
+
+  private async readFileInto(buffer: Buffer, into: number, length: number, fileOffset: number): Promise<void> {
+    // A last guest cluster that is partial may end past the end of the file: its tail is outside the disk.
+    const available = Math.max(0, Math.min(length, this.fileSize - fileOffset));
+    await readExactly(this.handle, this.path, buffer, into, available, fileOffset, (endsAt) => `file ends at ${endsAt}, before the ${available} bytes at ${fileOffset} it should hold`);
+    buffer.fill(0, into + available, into + length);
   }
 
   private async readBacking(buffer: Buffer, into: number, length: number, position: number): Promise<void> {
@@ -522,27 +584,6 @@ class Qcow2Reader implements DiskImageReader {
     if (fromBacking > 0) await this.backing!.read(buffer.subarray(into, into + fromBacking), fromBacking, position);
     buffer.fill(0, into + fromBacking, into + length);
   }
-
-  private async readFileInto(buffer: Buffer, into: number, length: number, fileOffset: number): Promise<void> {
-    // A last guest cluster that is partial may end past the end of the file: its tail is outside the disk.
-    const available = Math.max(0, Math.min(length, this.fileSize - fileOffset));
-    const piece = await readAt(this.handle, this.path, available, fileOffset, this.fileSize);
-    piece.copy(buffer, into);
-    buffer.fill(0, into + available, into + length);
-  }
-}
-
-/** zlib (raw deflate, as QEMU writes it): must inflate to exactly one cluster; output is bounded. */
-function inflateZlibCluster(stored: Buffer, clusterSize: number, problem: (reason: string) => FerryError): Buffer {
-  let data: Buffer;
-  try {
-    data = inflateRawSync(stored, { maxOutputLength: clusterSize });
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw problem('inflates beyond one cluster');
-    throw problem(`does not inflate (${(error as Error).message})`);
-  }
-  if (data.length !== clusterSize) throw problem(`inflates to ${data.length} bytes, not one cluster (${clusterSize})`);
-  return data;
 }
 
 let zstdContext: zstd.DCtx | null = null;
@@ -652,8 +693,6 @@ const WRITE_COMPRESSED_OFFSET_BITS = 62n - BigInt(WRITE_CLUSTER_BITS - 8);
 const COPIED = 1n << 63n;
 /** Bit 62 of L2 entries: the cluster is compressed. */
 const COMPRESSED = 1n << 62n;
-/** Data is written in batches of about this many bytes. */
-const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
 
 /** Subformats the qcow2 writer produces: plain v3 (the default) and v3 with zlib-compressed clusters. */
 export const qcow2WriterSubformats = ['v3', 'v3-compressed'] as const;
@@ -675,8 +714,8 @@ export async function writeQcow2(imagePath: string, input: DiskImageInput, optio
   if (!Number.isSafeInteger(input.size) || input.size < 0 || Math.ceil(input.size / (WRITE_CLUSTER * WRITE_L2_ENTRIES)) * 8 > MAX_L1_TABLE_BYTES) {
     throw new FerryError('invalid-request', `qcow2 image size ${input.size} is not a size qcow2 can hold`);
   }
-  return writeImageFileAtomically(imagePath, options.signal, async (handle) => {
-    const builder = new Qcow2Builder(handle, input.size, subformat === 'v3-compressed');
+  return writeImageFileAtomically(imagePath, options.signal, async (_handle, writer) => {
+    const builder = new Qcow2Builder(writer, input.size, subformat === 'v3-compressed');
     await builder.consume(imagePath, input, options);
     await builder.finish();
   });
@@ -713,15 +752,9 @@ class Qcow2Builder {
   private readonly refcounts = new RefcountArray();
   /** Next free byte of the file (cluster aligned except right after compressed data). */
   private writePosition: number;
-  private batch: Buffer[] = [];
-  private batchStart: number;
-  private batchBytes = 0;
-  /** The guest cluster being assembled from pieces, and its bytes. */
-  private clusterIndex = -1;
-  private cluster: Buffer | null = null;
 
   constructor(
-    private readonly handle: fs.FileHandle,
+    private readonly writer: ImageFileWriter,
     private readonly size: number,
     private readonly compressed: boolean,
   ) {
@@ -729,30 +762,16 @@ class Qcow2Builder {
     this.l1Clusters = Math.ceil((this.l1Entries * 8) / WRITE_CLUSTER);
     for (let cluster = 0; cluster <= this.l1Clusters; cluster++) this.refcounts.increment(cluster);
     this.writePosition = (1 + this.l1Clusters) * WRITE_CLUSTER;
-    this.batchStart = this.writePosition;
   }
 
-  /** Reads every piece once, storing each guest cluster when it is complete. */
+  /** Reads every piece once, storing each guest cluster that holds data (appended: the writes coalesce). */
   async consume(imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions): Promise<void> {
-    for await (const { offset, data } of checkedPieces(imagePath, input, options)) {
-      let consumed = 0;
-      while (consumed < data.length) {
-        const position = offset + consumed;
-        const index = Math.floor(position / WRITE_CLUSTER);
-        if (index !== this.clusterIndex) await this.storeAssembledCluster(index);
-        const within = position - index * WRITE_CLUSTER;
-        const take = Math.min(WRITE_CLUSTER - within, data.length - consumed);
-        data.copy(this.cluster!, within, consumed, consumed + take);
-        consumed += take;
-      }
-    }
-    await this.storeAssembledCluster(-1);
+    for await (const cluster of wholeBlocks(checkedPieces(imagePath, input, options), WRITE_CLUSTER)) await this.storeCluster(cluster.index, cluster.data);
   }
 
   /** Writes the metadata after the data, then the L1 table and header; resolves with the file's size. */
   async finish(): Promise<number> {
-    this.padToCluster();
-    await this.flushBatch();
+    await this.padToCluster();
     const metadataStart = this.writePosition;
     const metadata: Buffer[] = [];
     const l1Table = Buffer.alloc(this.l1Clusters * WRITE_CLUSTER);
@@ -789,8 +808,12 @@ class Qcow2Builder {
     for (let block = 0; block < blocks; block++) refcountTable.writeBigUInt64BE(BigInt((firstBlock + block) * WRITE_CLUSTER), block * 8);
     metadata.push(refcountTable);
     const refcountTableOffset = (firstBlock + blocks) * WRITE_CLUSTER;
-    await writeAllAt(this.handle, metadata, metadataStart);
-    await writeAllAt(this.handle, [this.header(refcountTableOffset, tableClusters), l1Table], 0);
+    let at = metadataStart;
+    for (const part of metadata) {
+      await this.writer.write(at, part);
+      at += part.length;
+    }
+    await this.writer.write(0, Buffer.concat([this.header(refcountTableOffset, tableClusters), l1Table]));
     return this.writePosition;
   }
 
@@ -811,13 +834,6 @@ class Qcow2Builder {
     return header;
   }
 
-  /** Stores the cluster assembled so far (unless all zero) and starts assembling `nextIndex`. */
-  private async storeAssembledCluster(nextIndex: number): Promise<void> {
-    if (this.cluster && !isAllZero(this.cluster)) await this.storeCluster(this.clusterIndex, this.cluster);
-    this.clusterIndex = nextIndex;
-    this.cluster = nextIndex < 0 ? null : Buffer.alloc(WRITE_CLUSTER);
-  }
-
   private async storeCluster(guestIndex: number, data: Buffer): Promise<void> {
     let entry: bigint;
     const packed = this.compressed ? deflateRawSync(data, { windowBits: 12, memLevel: 9 }) : null;
@@ -829,46 +845,39 @@ class Qcow2Builder {
       // Every host cluster the compressed sectors touch is referenced once more (as qemu-img check counts).
       const lastByte = hostOffset + sectors * SECTOR - 1;
       for (let cluster = Math.floor(hostOffset / WRITE_CLUSTER); cluster <= Math.floor(lastByte / WRITE_CLUSTER); cluster++) this.refcounts.increment(cluster);
-      this.append(packed);
-      this.append(Buffer.alloc(sectors * SECTOR - packed.length));
+      await this.append(packed);
+      await this.append(Buffer.alloc(sectors * SECTOR - packed.length));
     } else {
-      this.padToCluster();
-      const hostOffset = this.allocateCluster(data);
+      await this.padToCluster();
+      const hostOffset = this.allocateCluster();
+      await this.writer.write(hostOffset, data);
       entry = COPIED | BigInt(hostOffset);
     }
     const l1Index = Math.floor(guestIndex / WRITE_L2_ENTRIES);
     let table = this.l2Tables.get(l1Index);
     if (!table) this.l2Tables.set(l1Index, (table = Buffer.alloc(WRITE_CLUSTER)));
     table.writeBigUInt64BE(entry, (guestIndex % WRITE_L2_ENTRIES) * 8);
-    if (this.batchBytes >= WRITE_BATCH_BYTES) await this.flushBatch();
   }
 
-  /** Takes the next (cluster-aligned) cluster with refcount 1, appending `data` when given; returns its offset. */
-  private allocateCluster(data?: Buffer): number {
+  /** Takes the next (cluster-aligned) cluster with refcount 1 (its bytes are the caller's to write); returns its offset. */
+  private allocateCluster(): number {
     const hostOffset = this.writePosition;
     this.refcounts.increment(hostOffset / WRITE_CLUSTER);
-    if (data) this.append(data);
-    else this.writePosition += WRITE_CLUSTER;
+    this.writePosition += WRITE_CLUSTER;
     return hostOffset;
   }
 
   /** Fills the rest of a cluster partly used by compressed data, so the next allocation is aligned. */
-  private padToCluster(): void {
+  private async padToCluster(): Promise<void> {
     const remainder = this.writePosition % WRITE_CLUSTER;
-    if (remainder !== 0) this.append(Buffer.alloc(WRITE_CLUSTER - remainder));
+    if (remainder !== 0) await this.append(Buffer.alloc(WRITE_CLUSTER - remainder));
   }
 
-  private append(data: Buffer): void {
-    this.batch.push(data);
-    this.batchBytes += data.length;
+  /** Writes `data` at the end of what is laid out so far. */
+  private async append(data: Buffer): Promise<void> {
+    const at = this.writePosition;
     this.writePosition += data.length;
-  }
-
-  private async flushBatch(): Promise<void> {
-    await writeAllAt(this.handle, this.batch, this.batchStart);
-    this.batchStart += this.batchBytes;
-    this.batch = [];
-    this.batchBytes = 0;
+    await this.writer.write(at, data);
   }
 }
 

@@ -5,29 +5,25 @@
  * - reading: `extents()` reports where the disk is zero. A raw file carries no allocation map Node can
  *   query (no SEEK_HOLE/SEEK_DATA in node:fs), so the reader reads the disk and reports each
  *   1 MiB-aligned range that holds only zeros as `zero`, the rest as `data`;
- * - writing: a sparse raw file. Only non-zero bytes are written (in 4 KiB-aligned runs); the file is then
- *   truncated to the disk's size, so what was never written stays a hole in the file system.
+ * - writing: a sparse raw file. Only non-zero bytes are written (4 KiB-aligned runs, coalesced into large
+ *   writes by the `ImageFileWriter` of image-writer.ts); the file is then truncated to the disk's size, so
+ *   what was never written stays a hole in the file system.
  *
- * A fixed VHD being a raw disk with a footer, vhd.ts reuses two helpers of this module: the zero scan
- * (`scanZeroExtents`) and the zero-skipping positional write (`writeNonZeroRuns`); qcow2.ts opens raw
+ * A fixed VHD being a raw disk with a footer, vhd.ts reuses this module's zero scan (`scanZeroExtents`)
+ * and writes its data the same way (`ImageFileWriter.writeNonZero`); qcow2.ts opens raw
  * backing files with `openRawImage` (without the zero scan). What every format shares (range checks,
  * checked input pieces, the atomic write) is in image-file.ts.
  */
-import type { promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
-import { isAllZero } from '../store/chunking.js';
-import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
 import { openRawDisk, type DiskSource } from './disk-source.js';
 import { checkReadRange, checkedPieces, ExtentMerger, writeImageFileAtomically } from './image-file.js';
+import { isZero } from './image-writer.js';
 
 const MiB = 1024 * 1024;
 
 /** The granularity at which `scanZeroExtents` looks for zeros: ranges start and end on multiples of it. */
 export const ZERO_SCAN_GRANULARITY = MiB;
-
-/** The granularity at which writers skip zeros: a file system's block, so skipped runs stay holes. */
-const WRITE_ZERO_GRANULARITY = 4096;
 
 /**
  * Maps [start, end) of `source` (default: the whole disk) by reading it: each ZERO_SCAN_GRANULARITY-aligned
@@ -41,7 +37,7 @@ export async function* scanZeroExtents(source: Pick<DiskSource, 'read' | 'size'>
     const next = Math.min(end, (Math.floor(offset / ZERO_SCAN_GRANULARITY) + 1) * ZERO_SCAN_GRANULARITY);
     const length = next - offset;
     await source.read(buffer, length, offset);
-    yield* merger.add(offset, length, isAllZero(buffer.subarray(0, length)) ? 'zero' : 'data');
+    yield* merger.add(offset, length, isZero(buffer, 0, length) ? 'zero' : 'data');
     offset = next;
   }
   yield* merger.finish();
@@ -104,24 +100,6 @@ export function sniffRaw(_head: Buffer, _fileSize: number): boolean {
 }
 
 /**
- * Writes the non-zero parts of `data` at `position` of `handle`, skipping every 4 KiB-aligned (relative
- * to the file) run that holds only zeros, so a file written over a hole keeps the hole there.
- */
-export async function writeNonZeroRuns(handle: fs.FileHandle, data: Buffer, position: number): Promise<void> {
-  let runStart = -1; // index in `data` where the current run of non-zero pieces starts
-  for (let index = 0; index < data.length; ) {
-    const next = Math.min(data.length, (Math.floor((position + index) / WRITE_ZERO_GRANULARITY) + 1) * WRITE_ZERO_GRANULARITY - position);
-    const zero = isAllZero(data.subarray(index, next));
-    if (zero && runStart >= 0) {
-      await writeAllAt(handle, [data.subarray(runStart, index)], position + runStart);
-      runStart = -1;
-    } else if (!zero && runStart < 0) runStart = index;
-    index = next;
-  }
-  if (runStart >= 0) await writeAllAt(handle, [data.subarray(runStart)], position + runStart);
-}
-
-/**
  * Writes `input` as a sparse raw image at `imagePath` (atomically, see `writeImageFileAtomically`): the
  * non-zero bytes of each piece at their offsets, then the file set to exactly `input.size` bytes, so
  * holes stay holes. The only subformat is 'raw'; any other is refused with 'invalid-request'. Resolves
@@ -131,8 +109,9 @@ export async function writeRawImage(imagePath: string, input: DiskImageInput, op
   if (options.subformat !== undefined && options.subformat !== 'raw') {
     throw new FerryError('invalid-request', `raw images have no subformat '${options.subformat}'`);
   }
-  return writeImageFileAtomically(imagePath, options.signal, async (handle) => {
-    for await (const piece of checkedPieces(imagePath, input, options)) await writeNonZeroRuns(handle, piece.data, piece.offset);
+  return writeImageFileAtomically(imagePath, options.signal, async (handle, writer) => {
+    for await (const piece of checkedPieces(imagePath, input, options)) await writer.writeNonZero(piece.offset, piece.data);
+    await writer.flush();
     await handle.truncate(input.size);
   });
 }

@@ -28,11 +28,10 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FerryError } from '../errors.js';
-import { isAllZero } from '../store/chunking.js';
-import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
 import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readExactly as readFileExactly, unreadableImage as unreadable, writeImageFileAtomically } from './image-file.js';
-import { scanZeroExtents, writeNonZeroRuns } from './raw-image.js';
+import { type ImageFileWriter, wholeBlocks } from './image-writer.js';
+import { scanZeroExtents } from './raw-image.js';
 
 const SECTOR = 512;
 const MiB = 1024 * 1024;
@@ -568,22 +567,23 @@ const roundUp = (value: number, unit: number) => Math.ceil(value / unit) * unit;
  */
 export async function writeVhd(imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions = {}): Promise<number> {
   const subformat = options.subformat ?? 'dynamic';
-  if (subformat === 'fixed') return writeImageFileAtomically(imagePath, options.signal, (handle) => writeFixed(handle, imagePath, input, options));
+  if (subformat === 'fixed') return writeImageFileAtomically(imagePath, options.signal, (handle, writer) => writeFixed(handle, writer, imagePath, input, options));
   if (subformat === 'dynamic') {
     if (input.size > MAX_DYNAMIC_SIZE) throw new FerryError('invalid-request', `a dynamic VHD holds at most 2040 GiB, not ${input.size} bytes (write 'fixed' instead)`);
-    return writeImageFileAtomically(imagePath, options.signal, (handle) => writeDynamic(handle, imagePath, input, options));
+    return writeImageFileAtomically(imagePath, options.signal, (_handle, writer) => writeDynamic(writer, imagePath, input, options));
   }
   throw new FerryError('invalid-request', `VHD images are written as dynamic or fixed, not '${subformat}'`);
 }
 
-async function writeFixed(handle: fs.FileHandle, imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions): Promise<void> {
-  for await (const piece of checkedPieces(imagePath, input, options)) await writeNonZeroRuns(handle, piece.data, piece.offset);
+async function writeFixed(handle: fs.FileHandle, writer: ImageFileWriter, imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions): Promise<void> {
+  for await (const piece of checkedPieces(imagePath, input, options)) await writer.writeNonZero(piece.offset, piece.data);
   const size = roundUp(input.size, MiB);
+  await writer.flush();
   await handle.truncate(size);
-  await writeAllAt(handle, [buildFooter('fixed', size, null, randomBytes(16))], size);
+  await writer.write(size, buildFooter('fixed', size, null, randomBytes(16)));
 }
 
-async function writeDynamic(handle: fs.FileHandle, imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions): Promise<void> {
+async function writeDynamic(writer: ImageFileWriter, imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions): Promise<void> {
   const blockSize = DEFAULT_BLOCK_SIZE;
   const size = roundUp(input.size, SECTOR);
   const blockCount = Math.ceil(size / blockSize);
@@ -592,38 +592,16 @@ async function writeDynamic(handle: fs.FileHandle, imagePath: string, input: Dis
   const bitmap = Buffer.alloc(roundUp(blockSize / SECTOR / 8, SECTOR), 0xff);
   // The first bitmap sits just before a 4 KiB boundary, so every block's data is 4 KiB-aligned.
   let nextBlockAt = roundUp(tableOffset + table.length + bitmap.length, 4096) - bitmap.length;
-  const block = Buffer.alloc(blockSize);
-  let blockIndex = -1;
-  let blockHoldsData = false;
-  const flush = async () => {
-    if (!blockHoldsData) return;
-    await writeAllAt(handle, [bitmap, block], nextBlockAt);
-    table.writeUInt32BE(nextBlockAt / SECTOR, blockIndex * 4);
+  // Blocks holding only zeros are not allocated; the others follow one another, so their writes coalesce.
+  for await (const block of wholeBlocks(checkedPieces(imagePath, input, options), blockSize)) {
+    await writer.write(nextBlockAt, bitmap);
+    await writer.write(nextBlockAt + bitmap.length, block.data);
+    table.writeUInt32BE(nextBlockAt / SECTOR, block.index * 4);
     nextBlockAt += bitmap.length + blockSize;
-    block.fill(0);
-    blockHoldsData = false;
-  };
-  for await (const piece of checkedPieces(imagePath, input, options)) {
-    for (let done = 0; done < piece.data.length; ) {
-      const position = piece.offset + done;
-      const index = Math.floor(position / blockSize);
-      if (index !== blockIndex) {
-        await flush();
-        blockIndex = index;
-      }
-      const within = position - index * blockSize;
-      const part = piece.data.subarray(done, done + Math.min(piece.data.length - done, blockSize - within));
-      if (!isAllZero(part)) {
-        part.copy(block, within);
-        blockHoldsData = true;
-      }
-      done += part.length;
-    }
   }
-  await flush();
   const footer = buildFooter('dynamic', size, FOOTER_SIZE, randomBytes(16));
-  await writeAllAt(handle, [footer, buildDynamicHeader(tableOffset, blockCount, blockSize), table], 0);
-  await writeAllAt(handle, [footer], nextBlockAt);
+  await writer.write(0, Buffer.concat([footer, buildDynamicHeader(tableOffset, blockCount, blockSize), table]));
+  await writer.write(nextBlockAt, footer);
 }
 
 /** The VHD writer: subformats 'dynamic' (the default) and 'fixed' (see `writeVhd`). */

@@ -23,10 +23,10 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
-import { writeAllAt } from '../util/durable-fs.js';
 import { crc32c } from './crc32c.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
 import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readBytes, readExactly as readFileExactly, unreadableImage, writeImageFileAtomically } from './image-file.js';
+import { wholeBlocks } from './image-writer.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -423,10 +423,19 @@ class VhdxReader implements DiskImageReader {
       const within = position - block * blockSize;
       const count = Math.min(blockSize - within, length - done);
       const fileOffset = this.blockOffset(block);
-      if (fileOffset === null) buffer.fill(0, done, done + count);
+      if (fileOffset === null) {
+        buffer.fill(0, done, done + count);
+        done += count;
+        continue;
+      }
+      // Blocks stored one after another in the file are read as one.
+      let span = count;
+      for (let next = block + 1; done + span < length && this.blockOffset(next) === fileOffset + (next - block) * blockSize; next++) {
+        span += Math.min(blockSize, length - done - span);
+      }
       // The blocks were checked to lie in the file when it was opened: a short read means it shrank since.
-      else await readFileExactly(this.handle, this.path, buffer, done, count, fileOffset + within, () => `the file ends inside block ${block} (it was truncated while open)`);
-      done += count;
+      await readFileExactly(this.handle, this.path, buffer, done, span, fileOffset + within, () => `the file ends inside block ${block} or a block after it (it was truncated while open)`);
+      done += span;
     }
   }
 
@@ -615,16 +624,6 @@ function setBatEntry(bat: Buffer, chunkRatio: number, block: number, offset: num
   bat.writeUInt32LE(Math.floor(offsetMiB / 4096), at + 4);
 }
 
-const zeroPage = Buffer.alloc(64 * KiB);
-
-function isAllZero(buffer: Buffer): boolean {
-  for (let at = 0; at < buffer.length; at += zeroPage.length) {
-    const end = Math.min(buffer.length, at + zeroPage.length);
-    if (!buffer.subarray(at, end).equals(zeroPage.subarray(0, end - at))) return false;
-  }
-  return true;
-}
-
 /** Options of `createVhdxWriter`. */
 export interface VhdxWriterOptions {
   /** Payload block size in bytes: a power of two from 1 MiB to 256 MiB. Default 1 MiB. */
@@ -673,7 +672,7 @@ async function writeVhdxImage(imagePath: string, input: DiskImageInput, options:
   }
   const layout = planLayout(input.size, blockSize);
   const fixed = subformat === 'fixed';
-  return writeImageFileAtomically(imagePath, options.signal, async (handle) => {
+  return writeImageFileAtomically(imagePath, options.signal, async (handle, writer) => {
     // The BAT is built as blocks are placed: all zero (NOT_PRESENT payload blocks, sector bitmap
     // entries not present) until a block is written. A fixed image has every block, in order.
     const { chunkRatio, dataBlockCount } = layout.geometry;
@@ -685,47 +684,28 @@ async function writeVhdxImage(imagePath: string, input: DiskImageInput, options:
       nextBlockOffset = fixedBlockOffset(dataBlockCount);
     }
 
-    const blockBuffer = Buffer.alloc(blockSize);
-    let currentBlock = -1;
-    const flushBlock = async (): Promise<void> => {
-      if (currentBlock < 0 || isAllZero(blockBuffer)) return;
-      let offset = fixedBlockOffset(currentBlock);
+    // Blocks holding only zeros are not written; the others are placed in order (a dynamic image's one
+    // after another), so their writes coalesce.
+    for await (const block of wholeBlocks(checkedPieces(imagePath, input, options), blockSize)) {
+      let offset = fixedBlockOffset(block.index);
       if (!fixed) {
         offset = nextBlockOffset;
         nextBlockOffset += blockSize;
-        setBatEntry(bat, chunkRatio, currentBlock, offset);
+        setBatEntry(bat, chunkRatio, block.index, offset);
       }
-      await writeAllAt(handle, [blockBuffer], offset);
-    };
-
-    for await (const piece of checkedPieces(imagePath, input, options)) {
-      let position = piece.offset;
-      let rest = piece.data;
-      while (rest.length > 0) {
-        const block = Math.floor(position / blockSize);
-        if (block !== currentBlock) {
-          await flushBlock();
-          currentBlock = block;
-          blockBuffer.fill(0);
-        }
-        const within = position - block * blockSize;
-        const count = Math.min(blockSize - within, rest.length);
-        rest.copy(blockBuffer, within, 0, count);
-        position += count;
-        rest = rest.subarray(count);
-      }
+      await writer.write(offset, block.data);
     }
-    await flushBlock();
 
     const fileWriteGuid = guidBytes(randomUUID());
     const dataWriteGuid = guidBytes(randomUUID());
-    await writeAllAt(handle, [bat], layout.batOffset);
-    await writeAllAt(handle, [buildMetadata(layout, fixed)], layout.metadataOffset);
+    await writer.write(layout.batOffset, bat);
+    await writer.write(layout.metadataOffset, buildMetadata(layout, fixed));
     const regionTable = buildRegionTable(layout);
-    for (const offset of REGION_TABLE_OFFSETS) await writeAllAt(handle, [regionTable], offset);
-    await writeAllAt(handle, [buildHeader(0, fileWriteGuid, dataWriteGuid, layout)], HEADER_OFFSETS[0]);
-    await writeAllAt(handle, [buildHeader(1, fileWriteGuid, dataWriteGuid, layout)], HEADER_OFFSETS[1]);
-    await writeAllAt(handle, [buildFileIdentifier()], 0);
+    for (const offset of REGION_TABLE_OFFSETS) await writer.write(offset, regionTable);
+    await writer.write(HEADER_OFFSETS[0], buildHeader(0, fileWriteGuid, dataWriteGuid, layout));
+    await writer.write(HEADER_OFFSETS[1], buildHeader(1, fileWriteGuid, dataWriteGuid, layout));
+    await writer.write(0, buildFileIdentifier());
+    await writer.flush();
     // Unwritten blocks of a fixed image and the empty log stay holes: they read as zeros.
     await handle.truncate(nextBlockOffset);
   });

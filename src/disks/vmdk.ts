@@ -27,7 +27,8 @@
  * 1 MiB, at most 4096 extents (each stays open while the reader is), a grain directory of at most 2^24
  * entries. The grain directory is loaded once (checked to lie in the file first, every entry checked to
  * point inside it); grain tables are read on demand into a bounded cache; every grain table entry is
- * checked when used; a compressed grain is inflated with its output bounded by the grain size.
+ * checked when used; a compressed grain is inflated with its output bounded by the grain size (a read's
+ * grains fetched with few large reads and inflated in worker threads: parallel-inflate.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -35,9 +36,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { FerryError } from '../errors.js';
-import { writeAllAt } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
 import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, writeImageFileAtomically } from './image-file.js';
+import { type ImageFileWriter, wholeBlocks } from './image-writer.js';
+import { type Inflated, inflateUnits, type StoredUnit } from './parallel-inflate.js';
 
 const SECTOR = 512;
 /** "KDMV" read as a little-endian uint32: the magic of a hosted sparse extent. */
@@ -69,6 +71,8 @@ const MAX_EXTENTS = 4096;
 const GRAIN_TABLE_CACHE_ENTRIES = 512;
 /** Inflated grains kept per extent, so reads of a few bytes at a time do not inflate a grain again and again. */
 const INFLATED_GRAIN_CACHE_ENTRIES = 8;
+/** A grain marker: the grain's first sector (8 bytes) and its compressed length (4 bytes). */
+const MARKER_BYTES = 12;
 /** The parent CID of a disk with no parent. */
 const NO_PARENT_CID = 'ffffffff';
 
@@ -282,6 +286,15 @@ function compressBound(length: number): number {
   return length + (length >>> 12) + (length >>> 14) + (length >>> 25) + 13;
 }
 
+/** A compressed grain a read fetches: where its marker lies (and how much may follow), and where its bytes go. */
+interface StoredGrain extends StoredUnit {
+  grainIndex: number;
+  /** Where the bytes go in the read's buffer, from which byte of the grain, and how many. */
+  target: number;
+  within: number;
+  count: number;
+}
+
 /** A range of an extent: where data is stored and where it is zero; relative to the extent's start. */
 type Allocation = DiskExtent;
 
@@ -385,6 +398,7 @@ class SparseExtent {
 
   /** Fills `buffer[bufferOffset, +length)` from the extent's bytes at `position` (within its capacity or past it: zeros). */
   async read(buffer: Buffer, bufferOffset: number, length: number, position: number): Promise<void> {
+    const grains: StoredGrain[] = []; // compressed grains: fetched and inflated together at the end
     let done = 0;
     while (done < length) {
       const at = position + done;
@@ -394,12 +408,17 @@ class SparseExtent {
       const target = bufferOffset + done;
       if (at >= this.capacityBytes) {
         buffer.fill(0, target, bufferOffset + length);
-        return;
+        break;
       }
       const entry = await this.grainEntry(grainIndex);
       if (entry <= ZERO_GRAIN_ENTRY) buffer.fill(0, target, target + count);
-      else if (this.header.compressed) (await this.inflatedGrain(grainIndex, entry)).copy(buffer, target, within, within + count);
-      else {
+      else if (this.header.compressed) {
+        const cached = this.inflatedGrainCache.get(grainIndex);
+        const markerPosition = entry * SECTOR;
+        if (cached) cached.copy(buffer, target, within, within + count);
+        // The marker and the most a grain can take (its length is in the marker): the reader takes what it needs.
+        else grains.push({ position: markerPosition, length: Math.min(this.window.size - markerPosition, MARKER_BYTES + compressBound(this.grainBytes) + SECTOR), grainIndex, target, within, count });
+      } else {
         const grainPosition = entry * SECTOR;
         if (grainPosition + this.grainLength(grainIndex) > this.window.size) {
           throw corrupt(this.window.label, `grain ${grainIndex} (at byte ${grainPosition}) lies past the end of the file (${this.window.size} bytes)`);
@@ -411,36 +430,59 @@ class SparseExtent {
       }
       done += count;
     }
+    if (grains.length === 0) return;
+    await inflateUnits(
+      grains,
+      async (target, at) => {
+        if ((await this.window.read(target, 0, target.length, at)) < target.length) throw corrupt(this.window.label, `compressed grains at bytes ${at}..${at + target.length} lie past the end of the file: the file shrank`);
+      },
+      (grain, stored) => ({ compression: 'zlib-or-deflate', data: this.compressedGrain(grain, stored), maxLength: this.grainBytes }),
+      (grain, inflated) => {
+        const data = this.inflatedGrain(grain, inflated);
+        data.copy(buffer, grain.target, grain.within, grain.within + grain.count);
+        // Kept for reads of a few bytes at a time, which would otherwise inflate a grain again and again.
+        if (grain.count < this.grainBytes) {
+          if (this.inflatedGrainCache.size >= INFLATED_GRAIN_CACHE_ENTRIES) this.inflatedGrainCache.delete(this.inflatedGrainCache.keys().next().value!);
+          const kept = Buffer.alloc(this.grainBytes);
+          data.copy(kept);
+          this.inflatedGrainCache.set(grain.grainIndex, kept);
+        }
+      },
+    );
   }
 
-  /** A compressed grain, inflated: its marker checked, inflation bounded by the grain size. */
-  private async inflatedGrain(grainIndex: number, entry: number): Promise<Buffer> {
-    const cached = this.inflatedGrainCache.get(grainIndex);
-    if (cached) return cached;
+  /** The compressed bytes of a grain, from its marker and what follows it: the marker checked. */
+  private compressedGrain(grain: StoredGrain, stored: Buffer): Buffer {
+    const { grainIndex, position: markerPosition } = grain;
     const label = this.window.label;
-    const markerPosition = entry * SECTOR;
-    const marker = await this.window.readExact(12, markerPosition, `the marker of grain ${grainIndex}`);
-    const lba = marker.readBigUInt64LE(0);
-    const compressedLength = marker.readUInt32LE(8);
+    if (stored.length < MARKER_BYTES) {
+      throw corrupt(label, `the marker of grain ${grainIndex} (bytes ${markerPosition}..${markerPosition + MARKER_BYTES}) lies past the end of the file (${this.window.size} bytes)`);
+    }
+    const lba = stored.readBigUInt64LE(0);
+    const compressedLength = stored.readUInt32LE(8);
     if (lba !== BigInt(grainIndex) * BigInt(this.header.grainSectors)) throw corrupt(label, `grain ${grainIndex}'s marker names sector ${lba}, not ${grainIndex * this.header.grainSectors}`);
     if (compressedLength === 0 || compressedLength > compressBound(this.grainBytes) + SECTOR) {
       throw corrupt(label, `grain ${grainIndex}'s marker gives a compressed size of ${compressedLength} bytes for a ${this.grainBytes}-byte grain`);
     }
-    const compressed = await this.window.readExact(compressedLength, markerPosition + 12, `compressed grain ${grainIndex}`);
-    let inflated: Buffer;
-    try {
-      // VMware and qemu write zlib streams (RFC 1950); a bare deflate stream (RFC 1951) is read too.
-      const zlibWrapped = compressed.length >= 2 && (compressed[0]! & 0x0f) === 8 && (compressed[0]! * 256 + compressed[1]!) % 31 === 0;
-      inflated = await (zlibWrapped ? inflateZlib : inflateRaw)(compressed, { maxOutputLength: this.grainBytes });
-    } catch (error) {
-      const tooLarge = (error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE';
-      throw corrupt(label, tooLarge ? `compressed grain ${grainIndex} inflates to more than the grain size (${this.grainBytes} bytes)` : `compressed grain ${grainIndex} (at byte ${markerPosition}) does not inflate (${(error as Error).message})`, error);
+    if (MARKER_BYTES + compressedLength > stored.length) {
+      throw corrupt(label, `compressed grain ${grainIndex} (bytes ${markerPosition + MARKER_BYTES}..${markerPosition + MARKER_BYTES + compressedLength}) lies past the end of the file (${this.window.size} bytes)`);
     }
-    if (inflated.length < this.grainLength(grainIndex)) throw corrupt(label, `compressed grain ${grainIndex} inflates to ${inflated.length} bytes, less than its ${this.grainLength(grainIndex)}`);
-    if (inflated.length < this.grainBytes) inflated = Buffer.concat([inflated, Buffer.alloc(this.grainBytes - inflated.length)]);
-    if (this.inflatedGrainCache.size >= INFLATED_GRAIN_CACHE_ENTRIES) this.inflatedGrainCache.delete(this.inflatedGrainCache.keys().next().value!);
-    this.inflatedGrainCache.set(grainIndex, inflated);
-    return inflated;
+    return stored.subarray(MARKER_BYTES, MARKER_BYTES + compressedLength);
+  }
+
+  /** A grain's inflated bytes (at least the part of the grain inside the disk; zeros after what it inflated to), or corrupt-data. */
+  private inflatedGrain(grain: StoredGrain, inflated: Inflated): Buffer {
+    const { grainIndex } = grain;
+    const label = this.window.label;
+    if ('failure' in inflated) {
+      throw corrupt(label, inflated.tooLarge ? `compressed grain ${grainIndex} inflates to more than the grain size (${this.grainBytes} bytes)` : `compressed grain ${grainIndex} (at byte ${grain.position}) does not inflate (${inflated.failure})`);
+    }
+    const data = inflated.data;
+    if (data.length < this.grainLength(grainIndex)) throw corrupt(label, `compressed grain ${grainIndex} inflates to ${data.length} bytes, less than its ${this.grainLength(grainIndex)}`);
+    if (data.length >= grain.within + grain.count) return data;
+    const padded = Buffer.alloc(this.grainBytes); // a short last grain: what it does not hold is zero
+    data.copy(padded);
+    return padded;
   }
 
   /** Where the extent's first `length` bytes are stored and where they are zero (extent-relative, merged). */
@@ -655,8 +697,6 @@ const WRITE_DESCRIPTOR_SECTORS = 20;
 const WRITE_OVERHEAD_SECTORS = 128;
 /** Grains compressed at once (zlib runs on libuv's thread pool); they are written in order. */
 const COMPRESSIONS_IN_FLIGHT = 4;
-/** Output is gathered to this many bytes before a write. */
-const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
 /** Grain table entries are 32-bit sector numbers: a stream-optimized file cannot pass 2 TiB. */
 const MAX_STREAM_FILE_BYTES = 2 ** 32 * SECTOR;
 
@@ -668,43 +708,40 @@ export interface VmdkByteSink {
 }
 
 /**
- * A sink writing to `handle` from byte `base` on, in batches; `observe` sees every byte in order (e.g. to
+ * A sink writing through an image file's `ImageFileWriter` (image-writer.ts) from byte `base` on: the
+ * writes follow one another, so they coalesce into large ones. `observe` sees every byte in order (e.g. to
  * hash them). Write failures are 'io-error' naming `filePath`.
  */
 export class FileSink implements VmdkByteSink {
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
   private written = 0;
 
   constructor(
     private readonly filePath: string,
-    private readonly handle: fs.FileHandle,
+    private readonly writer: ImageFileWriter,
     private readonly base: number,
     private readonly observe?: (data: Buffer) => void,
   ) {}
 
   get position(): number {
-    return this.written + this.pendingBytes;
+    return this.written;
   }
 
   async write(data: Buffer): Promise<void> {
     if (data.length === 0) return;
     this.observe?.(data);
-    this.pending.push(data);
-    this.pendingBytes += data.length;
-    if (this.pendingBytes >= WRITE_BATCH_BYTES) await this.flush();
+    const at = this.base + this.written;
+    this.written += data.length;
+    await this.failsAsIoError(this.writer.write(at, data));
   }
 
-  /** Writes what is gathered. */
+  /** Writes everything queued and waits for it. */
   async flush(): Promise<void> {
-    if (this.pending.length === 0) return;
-    const parts = this.pending;
-    const at = this.base + this.written;
-    this.pending = [];
-    this.written += this.pendingBytes;
-    this.pendingBytes = 0;
+    await this.failsAsIoError(this.writer.flush());
+  }
+
+  private async failsAsIoError(operation: Promise<void>): Promise<void> {
     try {
-      await writeAllAt(this.handle, parts, at);
+      await operation;
     } catch (error) {
       throw new FerryError('io-error', `cannot write ${this.filePath} (${ioErrorReason(error)})`, { cause: error, details: { path: this.filePath } });
     }
@@ -776,8 +813,6 @@ function padToSector(length: number): number {
   return Math.ceil(length / SECTOR) * SECTOR;
 }
 
-const ZERO_GRAIN = Buffer.alloc(WRITE_GRAIN_BYTES);
-
 /**
  * Writes `input` as a stream-optimized VMDK to `sink`, in one pass: header and embedded descriptor,
  * deflate-compressed grains with markers (all-zero grains left out), each grain table after its grains,
@@ -836,7 +871,6 @@ export async function writeStreamOptimizedTo(sink: VmdkByteSink, input: DiskImag
     await writeGrain(next.grainIndex, await next.compressed);
   };
   const submitGrain = async (grainIndex: number, grain: Buffer): Promise<void> => {
-    if (grain.equals(ZERO_GRAIN)) return;
     const compressed = deflateZlib(grain);
     compressed.catch(() => undefined); // awaited in order below; an early failure must not be unhandled
     inFlight.push({ grainIndex, compressed });
@@ -844,25 +878,9 @@ export async function writeStreamOptimizedTo(sink: VmdkByteSink, input: DiskImag
   };
 
   try {
-    let currentIndex = -1;
-    let current = Buffer.alloc(0);
-    for await (const { offset, data } of checkedPieces(extentFileName, input, options)) {
-      let done = 0;
-      while (done < data.length) {
-        const at = offset + done;
-        const grainIndex = Math.floor(at / WRITE_GRAIN_BYTES);
-        if (grainIndex !== currentIndex) {
-          if (currentIndex >= 0) await submitGrain(currentIndex, current);
-          currentIndex = grainIndex;
-          current = Buffer.alloc(WRITE_GRAIN_BYTES);
-        }
-        const within = at - grainIndex * WRITE_GRAIN_BYTES;
-        const count = Math.min(WRITE_GRAIN_BYTES - within, data.length - done);
-        data.copy(current, within, done, done + count);
-        done += count;
-      }
-    }
-    if (currentIndex >= 0) await submitGrain(currentIndex, current);
+    // All-zero grains are left out (wholeBlocks skips them). A grain is compressed while the next pieces
+    // are read: it is copied, as the input may reuse its buffers.
+    for await (const grain of wholeBlocks(checkedPieces(extentFileName, input, options), WRITE_GRAIN_BYTES)) await submitGrain(grain.index, Buffer.from(grain.data));
     while (inFlight.length > 0) await drainOne();
   } finally {
     // Leave no compression running unobserved after a failure.
@@ -888,8 +906,8 @@ export async function writeStreamOptimizedTo(sink: VmdkByteSink, input: DiskImag
 export async function writeVmdk(imagePath: string, input: DiskImageInput, options: DiskImageWriteOptions = {}): Promise<number> {
   const subformat = options.subformat ?? 'streamOptimized';
   if (subformat !== 'streamOptimized') throw new FerryError('invalid-request', `VMDK images are written as streamOptimized, not '${subformat}'`);
-  return writeImageFileAtomically(imagePath, options.signal, async (handle) => {
-    const sink = new FileSink(imagePath, handle, 0);
+  return writeImageFileAtomically(imagePath, options.signal, async (_handle, writer) => {
+    const sink = new FileSink(imagePath, writer, 0);
     await writeStreamOptimizedTo(sink, input, path.basename(imagePath), options);
     await sink.flush();
   });

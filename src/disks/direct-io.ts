@@ -1,0 +1,132 @@
+/**
+ * Disk image bytes read and written around the page cache (O_DIRECT), for one pass over a whole disk:
+ * what `ferry image convert` and every image writer do with their bulk data.
+ *
+ * Why: a conversion touches each byte once; through the page cache the kernel first allocates, zeroes
+ * or fills, and later writes back a page for every 4 KiB, which on a loaded or virtualised host costs
+ * more CPU, and varies more, than the copy itself (measured: 1.5 GB written and fsynced in 2 s, 2 s of
+ * system time, against 0.75 s and 0.1 s with O_DIRECT), and it evicts what the page cache held. Reading:
+ * node:fs has no SEEK_DATA/SEEK_HOLE, so the holes of a sparse raw file must be read like data; with
+ * O_DIRECT the kernel zero-fills the caller's buffer for a hole instead of allocating page-cache pages,
+ * and the device writes data straight into it.
+ *
+ * O_DIRECT wants the buffer's address, the file offset and the length aligned (to the device's logical
+ * block size): buffers come from `alignedBuffers` (WebAssembly memory, which is page-aligned), and only
+ * reads and writes at multiples of `DIRECT_ALIGNMENT` go direct (a read's length is rounded up to one:
+ * the file's end gives a short read). Everything else, and everything on a file system that refuses
+ * O_DIRECT (at open, or with EINVAL later), goes through an ordinary handle to the same file: the same
+ * bytes, only slower. Durability is unchanged: an fsync of the file covers what was written either way.
+ */
+import { constants, promises as fs } from 'node:fs';
+import { FerryError } from '../errors.js';
+
+/** Offsets given to `DirectReader.read` must be multiples of this; lengths are rounded up to one. */
+export const DIRECT_ALIGNMENT = 4096;
+
+const WASM_PAGE = 64 * 1024;
+
+/** The one WebAssembly API used here (the project's TypeScript libraries do not declare WebAssembly). */
+declare const WebAssembly: { Memory: new (descriptor: { initial: number }) => { readonly buffer: ArrayBuffer } };
+
+/**
+ * `count` buffers of `bytes` bytes each (a multiple of DIRECT_ALIGNMENT), page-aligned, carved from one
+ * WebAssembly memory (never grown, so the buffers stay valid; freed with the last of them). Their
+ * contents start as zeros; pages never touched take no memory. When the memory cannot be had (address
+ * space for WebAssembly is limited), ordinary buffers: direct I/O with them falls back to ordinary I/O.
+ */
+export function alignedBuffers(count: number, bytes: number): Buffer[] {
+  if (bytes % DIRECT_ALIGNMENT !== 0) throw new FerryError('internal', `aligned buffers must be a multiple of ${DIRECT_ALIGNMENT} bytes, not ${bytes}`);
+  let memory: { readonly buffer: ArrayBuffer };
+  try {
+    memory = new WebAssembly.Memory({ initial: Math.ceil((count * bytes) / WASM_PAGE) });
+  } catch {
+    return Array.from({ length: count }, () => Buffer.alloc(bytes));
+  }
+  return Array.from({ length: count }, (_, index) => Buffer.from(memory.buffer, index * bytes, bytes));
+}
+
+/** Opens `filePath` (which exists) a second time, for O_DIRECT writes; null where the file system refuses. */
+export async function openForDirectWrites(filePath: string): Promise<fs.FileHandle | null> {
+  return fs.open(filePath, constants.O_WRONLY | constants.O_DIRECT).catch(() => null);
+}
+
+/** True when a write of `length` bytes at `position` from `buffer` (from `alignedBuffers`) may go direct. */
+export function directlyWritable(position: number, length: number): boolean {
+  return position % DIRECT_ALIGNMENT === 0 && length % DIRECT_ALIGNMENT === 0 && length > 0;
+}
+
+/**
+ * A file open for O_DIRECT reads (or ordinary ones, where refused). `read(buffer, length, position)`
+ * fills buffer[0, length) with the file's bytes at `position` (a multiple of DIRECT_ALIGNMENT), zeros
+ * past the file's end; `buffer` must come from `alignedBuffers` and hold `length` rounded up to
+ * DIRECT_ALIGNMENT. Failures are FerryError 'disk-unreadable' naming the file.
+ */
+export class DirectReader {
+  private direct: fs.FileHandle | null;
+
+  private constructor(
+    readonly path: string,
+    private readonly buffered: fs.FileHandle,
+    direct: fs.FileHandle | null,
+  ) {
+    this.direct = direct;
+  }
+
+  /** Opens `filePath` twice: with O_DIRECT (when the file system allows it) and without, for the fallback. */
+  static async open(filePath: string): Promise<DirectReader> {
+    let buffered: fs.FileHandle;
+    try {
+      buffered = await fs.open(filePath, 'r');
+    } catch (error) {
+      throw unreadable(filePath, error);
+    }
+    const direct = await fs.open(filePath, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
+    return new DirectReader(filePath, buffered, direct);
+  }
+
+  async read(buffer: Buffer, length: number, position: number): Promise<void> {
+    let filled = 0;
+    try {
+      if (this.direct && position % DIRECT_ALIGNMENT === 0) filled = await this.readDirect(buffer, length, position);
+      while (filled < length) {
+        const { bytesRead } = await this.buffered.read(buffer, filled, length - filled, position + filled);
+        if (bytesRead === 0) break;
+        filled += bytesRead;
+      }
+    } catch (error) {
+      throw unreadable(this.path, error);
+    }
+    buffer.fill(0, filled, length); // past the end of a file shorter than the disk: zeros
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.buffered.close(), this.direct?.close()]);
+  }
+
+  /** Reads what O_DIRECT gives; resolves with how many of the `length` bytes it filled (all but past the end). */
+  private async readDirect(buffer: Buffer, length: number, position: number): Promise<number> {
+    const aligned = Math.ceil(length / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
+    let filled = 0;
+    while (filled < aligned) {
+      let bytesRead: number;
+      try {
+        ({ bytesRead } = await this.direct!.read(buffer, filled, aligned - filled, position + filled));
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+        // The file system wants another alignment, or no O_DIRECT at all: read as usual from here on.
+        const direct = this.direct;
+        this.direct = null;
+        await direct?.close().catch(() => undefined);
+        return Math.min(filled, length);
+      }
+      if (bytesRead === 0 || bytesRead % DIRECT_ALIGNMENT !== 0) return Math.min(filled + bytesRead, length); // the file's end
+      filled += bytesRead;
+    }
+    return length;
+  }
+}
+
+function unreadable(filePath: string, error: unknown): FerryError {
+  const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+  return new FerryError('disk-unreadable', `disk ${filePath} cannot be read (${reason})`, { cause: error, details: { path: filePath } });
+}
