@@ -19,6 +19,7 @@
  */
 import { constants, promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
+import { diskUnreadable } from './disk-source.js';
 
 /** Offsets given to `DirectReader.read` must be multiples of this; lengths are rounded up to one. */
 export const DIRECT_ALIGNMENT = 4096;
@@ -78,7 +79,7 @@ export class DirectReader {
     try {
       buffered = await fs.open(filePath, 'r');
     } catch (error) {
-      throw unreadable(filePath, error);
+      throw diskUnreadable(filePath, error);
     }
     const direct = await fs.open(filePath, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
     return new DirectReader(filePath, buffered, direct);
@@ -94,7 +95,7 @@ export class DirectReader {
         filled += bytesRead;
       }
     } catch (error) {
-      throw unreadable(this.path, error);
+      throw diskUnreadable(this.path, error);
     }
     buffer.fill(0, filled, length); // past the end of a file shorter than the disk: zeros
   }
@@ -124,9 +125,4 @@ export class DirectReader {
     }
     return length;
   }
-}
-
-function unreadable(filePath: string, error: unknown): FerryError {
-  const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-  return new FerryError('disk-unreadable', `disk ${filePath} cannot be read (${reason})`, { cause: error, details: { path: filePath } });
 }

@@ -22,7 +22,7 @@ export async function openRawDisk(diskPath: string): Promise<DiskSource> {
   try {
     handle = await fs.open(diskPath, 'r');
   } catch (error) {
-    throw unreadable(diskPath, error);
+    throw diskUnreadable(diskPath, error);
   }
   try {
     const stat = await handle.stat();
@@ -33,7 +33,7 @@ export async function openRawDisk(diskPath: string): Promise<DiskSource> {
     return new RawDiskSource(diskPath, handle, size);
   } catch (error) {
     await handle.close();
-    throw unreadable(diskPath, error);
+    throw diskUnreadable(diskPath, error);
   }
 }
 
@@ -60,7 +60,7 @@ class RawDiskSource implements DiskSource {
         filled += bytesRead;
       }
     } catch (error) {
-      throw unreadable(this.path, error);
+      throw diskUnreadable(this.path, error);
     }
     // A file that shrank while being read: the missing tail reads as zeros, as a sparse disk would.
     if (filled < length) buffer.fill(0, filled, length);
@@ -79,7 +79,8 @@ async function blockDeviceSize(rdev: number): Promise<number> {
   return sectors * 512;
 }
 
-function unreadable(diskPath: string, error: unknown): FerryError {
+/** FerryError 'disk-unreadable' for a disk (file or device) that cannot be opened or read: "disk PATH cannot be read (CODE)". */
+export function diskUnreadable(diskPath: string, error: unknown): FerryError {
   const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
   return new FerryError('disk-unreadable', `disk ${diskPath} cannot be read (${reason})`, { cause: error, details: { path: diskPath } });
 }

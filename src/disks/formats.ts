@@ -6,6 +6,7 @@
  */
 import { promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
+import { diskUnreadable } from './disk-source.js';
 import type { DiskFormat, DiskImageFormatModule, DiskImageReader, DiskImageWriter } from './disk-image.js';
 import { qcow2ImageFormat } from './qcow2.js';
 import { rawImageFormat } from './raw-image.js';
@@ -71,7 +72,7 @@ export async function sniffDiskFormat(path: string): Promise<DiskFormat> {
   try {
     handle = await fs.open(path, 'r');
   } catch (error) {
-    throw new FerryError('disk-unreadable', `disk ${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error, details: { path } });
+    throw diskUnreadable(path, error);
   }
   try {
     const stat = await handle.stat();

@@ -123,20 +123,21 @@ export class ChunkCodecPool {
     let results: ChunkCodecResult[];
     try {
       results = await Promise.all(
-        slices.map(({ first, end }) =>
-          this.pool.run({
+        slices.map(({ first, end }) => {
+          const slice = chunks.slice(first, end);
+          return this.pool.run({
             kind: 'ingest',
             payloads,
             at: at.slice(first, end),
-            payloadLengths: chunks.slice(first, end).map((chunk) => chunk.payload.length),
-            hashHexes: chunks.slice(first, end).map((chunk) => chunk.hashHex),
-            objectKeys: chunks.slice(first, end).map((chunk) => chunk.objectKey),
-            compressed: chunks.slice(first, end).map((chunk) => chunk.compressed),
-            rebuiltFrom: chunks.slice(first, end).map((chunk) => chunk.rebuiltFrom ?? null),
+            payloadLengths: slice.map((chunk) => chunk.payload.length),
+            hashHexes: slice.map((chunk) => chunk.hashHex),
+            objectKeys: slice.map((chunk) => chunk.objectKey),
+            compressed: slice.map((chunk) => chunk.compressed),
+            rebuiltFrom: slice.map((chunk) => chunk.rebuiltFrom ?? null),
             compressionLevel: codec.compressionLevel,
             dataKey: codec.dataKey,
-          } satisfies IngestRequest),
-        ),
+          } satisfies IngestRequest);
+        }),
       );
     } finally {
       this.sharedBuffers.give(staging);

@@ -239,11 +239,6 @@ class OpenFiles {
     this.sweeper = null;
   }
 
-  /** How many files are open now (for tests). */
-  get size(): number {
-    return this.files.size;
-  }
-
   private retire(file: OpenFile): void {
     if (this.files.get(file.path) === file) this.files.delete(file.path);
     if (file.retired) return;
