@@ -4,10 +4,11 @@
  * (`READ_BYTES`, aligned to multiples of it) of which a few run ahead of the writer (`READS_AHEAD`: the
  * source is read while the target is written), each cut around its all-zero 64 KiB blocks, and the
  * target's writer streams the rest into the new image. A raw or fixed-VHD source is read with O_DIRECT
- * (see direct-io.ts).
+ * (see direct-io.ts), only where its file holds data (its holes, found with SEEK_DATA: file-data-map.ts).
  */
 import { alignedBuffers, DirectReader } from './direct-io.js';
-import type { DiskImageInput, DiskImageReader } from './disk-image.js';
+import type { DiskExtent, DiskImageInput, DiskImageReader } from './disk-image.js';
+import { fileDataRanges } from './file-data-map.js';
 import { openDiskImage, writerFor } from './formats.js';
 import { nonZeroRuns } from './image-writer.js';
 
@@ -24,10 +25,19 @@ function unmapped(reader: DiskImageReader): boolean {
   return reader.format === 'raw' || (reader.format === 'vhd' && reader.subformat === 'fixed');
 }
 
+/**
+ * Where an unmapped disk's data may be: the file system's data ranges of its file (file-data-map.ts), or,
+ * where those cannot be had, all of it (mapping its zeros by reading would read it all too).
+ */
+async function unmappedExtents(reader: DiskImageReader): Promise<DiskExtent[]> {
+  const ranges = await fileDataRanges(reader.path, reader.size);
+  if (ranges === null) return [{ offset: 0, length: reader.size, kind: 'data' }];
+  return ranges.map((range) => ({ ...range, kind: 'data' }));
+}
+
 /** The ranges of `reader`'s disk to read: its `data` extents, cut at multiples of READ_BYTES. */
 async function* dataRanges(reader: DiskImageReader): AsyncGenerator<{ offset: number; length: number }> {
-  // An unmapped disk is read once, whole: mapping its zeros would read it all too.
-  const extents = unmapped(reader) ? [{ offset: 0, length: reader.size, kind: 'data' as const }] : reader.extents();
+  const extents = unmapped(reader) ? await unmappedExtents(reader) : reader.extents();
   for await (const extent of extents) {
     if (extent.kind !== 'data') continue;
     const end = extent.offset + extent.length;
@@ -44,7 +54,8 @@ async function* dataRanges(reader: DiskImageReader): AsyncGenerator<{ offset: nu
  * at once, all-zero 64 KiB blocks left out. The read buffers (READS_AHEAD + 1 of READ_BYTES) are reused
  * once the writer has moved past their pieces: fresh memory for every read would cost a page fault per
  * 4 KiB read. An unmapped disk (raw, fixed VHD: its bytes are the file's, from offset 0) is read around
- * the page cache (direct-io.ts), holes and all.
+ * the page cache (direct-io.ts), where its file holds data (all of it when the file system's map cannot
+ * be had).
  */
 export function readerInput(reader: DiskImageReader): DiskImageInput {
   return {

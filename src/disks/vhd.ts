@@ -31,6 +31,7 @@ import { FerryError } from '../errors.js';
 import type { DiskExtent, DiskImageFormatModule, DiskImageInput, DiskImageReader, DiskImageWriteOptions, DiskImageWriter } from './disk-image.js';
 import { checkReadRange, checkedPieces, corruptImage as corrupt, ExtentMerger, ioErrorReason, readExactly as readFileExactly, unreadableImage as unreadable, writeImageFileAtomically } from './image-file.js';
 import { type ImageFileWriter, wholeBlocks } from './image-writer.js';
+import { type DataRange, fileDataRanges } from './file-data-map.js';
 import { scanZeroExtents } from './raw-image.js';
 
 const SECTOR = 512;
@@ -169,6 +170,8 @@ function readExactly(handle: fs.FileHandle, imagePath: string, target: Buffer, t
 class VhdReader implements DiskImageReader {
   readonly format = 'vhd' as const;
   private readonly bitmapCache = new Map<number, Buffer>();
+  /** A fixed disk's file data ranges (file-data-map.ts), asked for once, when first mapped. */
+  private fileData: Promise<DataRange[] | null> | null = null;
   private closed = false;
 
   constructor(
@@ -235,8 +238,10 @@ class VhdReader implements DiskImageReader {
   /** The extents of [start, end), not merged. */
   private async *mapRange(start: number, end: number): AsyncGenerator<DiskExtent> {
     if (!this.blocks) {
-      // A fixed disk is a raw disk with a footer: zeros are found by reading, as for raw.
-      yield* scanZeroExtents({ size: this.size, read: (buffer, length, offset) => this.readInto(buffer, 0, length, offset) }, start, end);
+      // A fixed disk is a raw disk with a footer: zeros are the file's holes and what reading finds, as for raw.
+      this.fileData ??= fileDataRanges(this.path, this.size);
+      const fileData = await this.fileData;
+      yield* scanZeroExtents({ size: this.size, read: (buffer, length, offset) => this.readInto(buffer, 0, length, offset) }, start, end, fileData);
       return;
     }
     const { blockSize, table } = this.blocks;
