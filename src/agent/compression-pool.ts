@@ -11,6 +11,7 @@
  * and is retried like any other.
  */
 import os from 'node:os';
+import { alignedSharedBuffer } from '../disks/direct-io.js';
 import { FerryError } from '../errors.js';
 import { HASH_LENGTH, ZERO_HASH } from '../store/chunking.js';
 import { isShared, joinForTransfer, SharedBufferCache, siblingWorkerPath, WorkerPool } from '../util/worker-pool.js';
@@ -123,13 +124,14 @@ export class CompressionPool {
 
   /**
    * A shared window buffer of `bytes` bytes for the caller to read a disk into and hand to `hashWindow`
-   * and `compress` in place; `giveWindow` it back when its chunks are sent. Kept between cycles (a few of
-   * each size): a shared buffer a worker has seen is freed only when that worker collects its garbage,
-   * so fresh ones per cycle would pile up.
+   * and `compress` in place; `giveWindow` it back when its chunks are sent. Page-aligned, so a raw disk
+   * can be read into it with O_DIRECT (direct-io.ts). Kept between cycles (a few of each size): a shared
+   * buffer a worker has seen is freed only when that worker collects its garbage, so fresh ones per
+   * cycle would pile up.
    */
   takeWindow(bytes: number): Buffer {
     let cache = this.windows.get(bytes);
-    if (!cache) this.windows.set(bytes, (cache = new SharedBufferCache(bytes, WINDOWS_KEPT)));
+    if (!cache) this.windows.set(bytes, (cache = new SharedBufferCache(bytes, WINDOWS_KEPT, alignedSharedBuffer)));
     return cache.take(bytes);
   }
 

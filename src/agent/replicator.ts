@@ -26,7 +26,8 @@ import { blockCountOf } from '../store/chunk-delta.js';
 import { HASH_LENGTH, hashChunk, isAllZero, ZERO_HASH } from '../store/chunking.js';
 import { DiskIndex } from '../store/disk-index.js';
 import type { DiskSource } from '../disks/disk-source.js';
-import { openDiskImage, probeDiskImage } from '../disks/formats.js';
+import { DIRECT_ALIGNMENT, openDirectRawDisk } from '../disks/direct-io.js';
+import { openDiskImage, probeDiskImage, sniffDiskFormat } from '../disks/formats.js';
 import type { Logger } from '../util/logger.js';
 import { SharedBufferCache } from '../util/worker-pool.js';
 import type { AgentState } from './agent-state.js';
@@ -142,7 +143,7 @@ export async function replicateMachine(job: ReplicateJob, deps: ReplicationDeps)
     if (snapshot.method !== 'none') await runPostHook();
     if (snapshot.note) notes.push(snapshot.note);
     // Image files (VMDK, VHD, VHDX, qcow2) are read through their readers: the virtual disk, not the file.
-    for (const readPath of snapshot.readPaths) sources.push(await openDiskImage(readPath));
+    for (const readPath of snapshot.readPaths) sources.push(await openForOnePass(readPath));
     const totalBytes = sources.reduce((total, source) => total + source.size, 0);
     const progress = new ProgressReporter((doneBytes, step) =>
       call(() => deps.client.post(`/agent/jobs/${job.id}/progress`, { doneBytes, totalBytes, step })),
@@ -250,6 +251,15 @@ interface Candidate {
   data: Buffer;
   /** Set when the chunk may go as a delta: its base (the last point's chunk here) and the blocks that differ. */
   delta?: { base: Buffer; blockSize: number; changedBlocks: number[] };
+}
+
+/**
+ * Opens a disk for a cycle's one pass over it: a raw disk (file or block device) read with O_DIRECT into
+ * the page-aligned window buffers (direct-io.ts: what is read once is not copied through the page
+ * cache), an image file through its format's reader (the virtual disk, not the file).
+ */
+async function openForOnePass(readPath: string): Promise<DiskSource> {
+  return (await sniffDiskFormat(readPath)) === 'raw' ? openDirectRawDisk(readPath) : openDiskImage(readPath);
 }
 
 /**
@@ -371,7 +381,8 @@ async function readDisk(
   // keep freed ones around (its mmap threshold grows), so memory would climb far past what is in use.
   // With a pool they are its shared buffers, kept between cycles, which its workers read in place.
   const freeBuffers: Buffer[] = [];
-  const windowBytes = Math.min(WINDOW_CHUNKS * chunkSize, Math.max(source.size, 1));
+  // Whole multiples of DIRECT_ALIGNMENT: a raw disk's last window is read direct too, into the spare room.
+  const windowBytes = Math.ceil(Math.min(WINDOW_CHUNKS * chunkSize, Math.max(source.size, 1)) / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
   const inFlight: Promise<number>[] = [];
   for (let first = 0; first < index.chunkCount; first += WINDOW_CHUNKS) {
     // Bounded memory: at most WINDOWS_IN_FLIGHT windows are held (each holds its buffer until its chunks
@@ -386,7 +397,7 @@ async function readDisk(
     const windowBuffer = freeBuffers.pop() ?? deps.compression?.takeWindow(windowBytes) ?? Buffer.allocUnsafe(windowBytes);
     const buffer = windowBuffer.subarray(0, windowLength);
     try {
-      await source.read(buffer, windowLength, windowOffset);
+      await source.read(windowBuffer, windowLength, windowOffset);
     } catch (error) {
       freeBuffers.push(windowBuffer);
       throw error;

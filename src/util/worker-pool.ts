@@ -174,16 +174,17 @@ export function joinForTransfer(parts: readonly Uint8Array[]): Uint8Array<ArrayB
 export class SharedBufferCache {
   private readonly free: Buffer[] = [];
 
-  /** Keeps at most `kept` buffers of `bufferBytes` bytes. */
+  /** Keeps at most `kept` buffers of `bufferBytes` bytes, made by `allocate` (default: `sharedBuffer`). */
   constructor(
     readonly bufferBytes: number,
     private readonly kept: number,
+    private readonly allocate: (length: number) => Buffer = sharedBuffer,
   ) {}
 
   /** A shared buffer of at least `length` bytes: a kept one when it fits, else a new one (of `bufferBytes` at least). */
   take(length: number): Buffer {
     if (length <= this.bufferBytes && this.free.length > 0) return this.free.pop()!;
-    return sharedBuffer(Math.max(length, this.bufferBytes));
+    return this.allocate(Math.max(length, this.bufferBytes));
   }
 
   /** Gives a buffer from `take` back once nothing (no thread) uses it any more; kept when it is of the usual size and there is room. */

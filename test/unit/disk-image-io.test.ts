@@ -7,12 +7,12 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { deflateRawSync } from 'node:zlib';
 import { convertImage, readerInput } from '../../src/disks/convert.js';
-import { alignedBuffers, DIRECT_ALIGNMENT, DirectReader, openForDirectWrites } from '../../src/disks/direct-io.js';
+import { alignedBuffers, alignedSharedBuffer, DIRECT_ALIGNMENT, DirectReader, openDirectRawDisk, openForDirectWrites } from '../../src/disks/direct-io.js';
 import { ImageFileWriter, isZero, nonZeroRuns, wholeBlocks } from '../../src/disks/image-writer.js';
 import { type CompressedBytes, type Inflated, inflateUnits } from '../../src/disks/parallel-inflate.js';
 import { openQcow2, writeQcow2 } from '../../src/disks/qcow2.js';
@@ -413,6 +413,42 @@ describe('disk image I/O: direct reads and the conversion input', () => {
     } finally {
       await reader.close();
     }
+  });
+
+  test('alignedSharedBuffer: shared memory workers can use, whole 64 KiB pages, zeros, exactly the length asked for', () => {
+    const buffer = alignedSharedBuffer(MiB + 4096);
+    assert.equal(buffer.length, MiB + 4096);
+    assert.ok(buffer.buffer instanceof SharedArrayBuffer, 'shared with worker threads');
+    // WebAssembly memory comes in 64 KiB pages (and is page-aligned): the page count shows it is that memory.
+    assert.equal(buffer.buffer.byteLength, MiB + 64 * KiB);
+    assert.ok(isZero(buffer));
+  });
+
+  test('openDirectRawDisk: a raw file read direct into aligned shared buffers, like openRawDisk; an unaligned read or a buffer without room reads the ordinary way', async (t) => {
+    const directory = await tempDirFor(t, 'ferry-image-io-');
+    const file = path.join(directory, 'disk.raw');
+    const size = 2 * MiB + 1000;
+    const content = randomBytes(size);
+    await fs.writeFile(file, content);
+    // Whether this file system takes O_DIRECT at all (tmpfs does not): then every read is an ordinary one.
+    const directAllowed = await fs.open(file, constants.O_RDONLY | constants.O_DIRECT).then(async (handle) => (await handle.close(), true), () => false);
+    const disk = await openDirectRawDisk(file);
+    try {
+      assert.equal(disk.size, size);
+      assert.equal(disk.path, file);
+      const buffer = alignedSharedBuffer(2 * MiB + 4096);
+      await disk.read(buffer, size, 0);
+      assert.ok(buffer.subarray(0, size).equals(content));
+      const tail = Buffer.alloc(1000); // no room for a whole aligned block: read the ordinary way
+      await disk.read(tail, 1000, 2 * MiB);
+      assert.ok(tail.equals(content.subarray(2 * MiB)));
+      await disk.read(buffer, 5000, 123); // not aligned
+      assert.ok(buffer.subarray(0, 5000).equals(content.subarray(123, 5123)));
+      assert.equal(disk.readsDirect, directAllowed, 'reads stay direct where the file system allows it');
+    } finally {
+      await disk.close();
+    }
+    await assert.rejects(openDirectRawDisk(path.join(directory, 'missing.raw')), (error) => error instanceof FerryError && error.code === 'disk-unreadable');
   });
 
   test("readerInput: a raw disk's pieces cover its data, none all zero at 64 KiB, ascending; a writer stopping early leaves nothing running", async (t) => {
