@@ -41,8 +41,8 @@ export interface ConversionResult {
 }
 
 /**
- * Runs the conversions in `workDir` from the raw image `baseImage`, with the Ferry CLI at `ferryBin`;
- * `pairs` limits them (e.g. only a few sources) for quick runs. Returns the scenario's table and the rows.
+ * Runs every conversion pair in `workDir` from the raw image `baseImage`, with the Ferry CLI at
+ * `ferryBin`. Returns the scenario's table and the rows.
  */
 export async function runConversionBenchmark(options: {
   baseImage: string;
