@@ -259,7 +259,8 @@ interface Candidate {
  * cache), an image file through its format's reader (the virtual disk, not the file).
  */
 async function openForOnePass(readPath: string): Promise<DiskSource> {
-  return (await sniffDiskFormat(readPath)) === 'raw' ? openDirectRawDisk(readPath) : openDiskImage(readPath);
+  const format = await sniffDiskFormat(readPath);
+  return format === 'raw' ? openDirectRawDisk(readPath) : openDiskImage(readPath, format);
 }
 
 /**

@@ -105,7 +105,7 @@ function runSeekCommand(command: string, filePath: string, timeoutMs: number): P
  */
 export function parseSeekOutput(output: string, size: number): DataRange[] | null {
   const lines = output.split('\n').map((line) => line.trim()).filter((line) => line.length > 0);
-  if (lines[0] !== 'Whence\tResult' && !/^Whence\s+Result$/.test(lines[0] ?? '')) return null;
+  if (!/^Whence\s+Result$/.test(lines[0] ?? '')) return null;
   // Transitions in file order: each says what kind of range starts at its offset. "DATA EOF" (an empty
   // file) starts nothing.
   const transitions: Array<{ kind: 'DATA' | 'HOLE'; offset: number }> = [];

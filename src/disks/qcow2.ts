@@ -190,7 +190,7 @@ async function openBacking(backingPath: string, format: string | null, chain: re
   if (backingFormat === 'qcow2') return openQcow2InChain(backingPath, chain, child);
   if (backingFormat === 'raw') {
     await realPathOf(backingPath, child); // names the missing file as a backing file
-    // All of a raw backing file is data: mapping its zeros would read all of it (Node offers no SEEK_HOLE).
+    // All of a raw backing file is data: the child's extents come from its own tables, never from reading the backing file.
     return openRawImage(backingPath, { scanZeros: false });
   }
   throw new FerryError('invalid-request', `disk image ${child}: backing file ${backingPath} has format '${backingFormat}'; Ferry reads qcow2 and raw backing files only`);
