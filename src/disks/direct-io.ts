@@ -20,6 +20,7 @@
  */
 import { constants, promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
+import { writeAllAt } from '../util/durable-fs.js';
 import { type DiskSource, diskUnreadable, openRawDisk } from './disk-source.js';
 
 /** Offsets given to `DirectReader.read` must be multiples of this; lengths are rounded up to one. */
@@ -56,25 +57,88 @@ export function alignedSharedBuffer(bytes: number): Buffer {
   return Buffer.from(webAssemblyMemory(bytes, true) ?? new SharedArrayBuffer(bytes), 0, bytes);
 }
 
+/** The memories `webAssemblyMemory` made: page-aligned, so views of them at aligned offsets can take direct I/O. */
+const pageAlignedMemory = new WeakSet<ArrayBuffer | SharedArrayBuffer>();
+
 /** Page-aligned, zeroed WebAssembly memory of at least `bytes` bytes (whole 64 KiB pages), or null where it cannot be had. */
 function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | SharedArrayBuffer | null {
   const pages = Math.max(1, Math.ceil(bytes / WASM_PAGE));
   try {
     // A shared memory must declare its maximum; it is never grown, so views of it stay valid.
-    return new WebAssembly.Memory(shared ? { initial: pages, maximum: pages, shared } : { initial: pages }).buffer;
+    const memory = new WebAssembly.Memory(shared ? { initial: pages, maximum: pages, shared } : { initial: pages }).buffer;
+    pageAlignedMemory.add(memory);
+    return memory;
   } catch {
     return null;
   }
 }
 
-/** Opens `filePath` (which exists) a second time, for O_DIRECT writes; null where the file system refuses. */
-export async function openForDirectWrites(filePath: string): Promise<fs.FileHandle | null> {
-  return fs.open(filePath, constants.O_WRONLY | constants.O_DIRECT).catch(() => null);
+/**
+ * True when `view` starts on a DIRECT_ALIGNMENT boundary in memory: a view, at an aligned offset, of
+ * memory from `alignedBuffers` or `alignedSharedBuffer`. Other memory may happen to be aligned, but its
+ * address cannot be known here, and a direct transfer from unaligned memory fails (EINVAL).
+ */
+function alignedInMemory(view: Uint8Array): boolean {
+  return pageAlignedMemory.has(view.buffer) && view.byteOffset % DIRECT_ALIGNMENT === 0;
 }
 
-/** True when a write of `length` bytes at `position` from `buffer` (from `alignedBuffers`) may go direct. */
-export function directlyWritable(position: number, length: number): boolean {
-  return position % DIRECT_ALIGNMENT === 0 && length % DIRECT_ALIGNMENT === 0 && length > 0;
+/**
+ * Positional writes to an open file, around the page cache where they can be. `write(bytes, position)`
+ * writes the whole DIRECT_ALIGNMENT blocks of `bytes` direct (O_DIRECT) when `position` is a multiple of
+ * DIRECT_ALIGNMENT and `bytes` is memory from `alignedBuffers` or `alignedSharedBuffer` (or a view of it
+ * at an aligned offset), and the rest (an unaligned tail, or all) through the ordinary `handle`; so does
+ * every write once the kernel has refused a direct one (EINVAL: the file system wants another alignment). Either way the
+ * bytes land at `position`, and an fsync of `handle` makes them durable (see the header). The caller owns
+ * `handle`; `close()` closes only the O_DIRECT one. Errors other than that EINVAL are the system's, as they are.
+ */
+export class DirectWriter {
+  /** False once the kernel refused a direct write; the handle stays open until `close()` (other writes may be using it). */
+  private directAllowed: boolean;
+
+  private constructor(
+    private readonly handle: fs.FileHandle,
+    private direct: fs.FileHandle | null,
+  ) {
+    this.directAllowed = direct !== null;
+  }
+
+  /** Opens `filePath` (which exists, open as `handle`) a second time, for O_DIRECT writes where the file system allows them. */
+  static async open(handle: fs.FileHandle, filePath: string): Promise<DirectWriter> {
+    const direct = await fs.open(filePath, constants.O_WRONLY | constants.O_DIRECT).catch(() => null);
+    return new DirectWriter(handle, direct);
+  }
+
+  /** True while writes can go direct: the file system allowed O_DIRECT, and has not refused a write yet. */
+  get writesDirect(): boolean {
+    return this.directAllowed;
+  }
+
+  /** Writes all of `bytes` at `position`: direct when aligned and allowed, else (and for what a direct write left) through the page cache. */
+  async write(bytes: Uint8Array, position: number): Promise<void> {
+    let rest = bytes;
+    let at = position;
+    // The whole 4 KiB blocks at the start go direct when they start aligned; an unaligned tail follows them the ordinary way.
+    const directLength = at % DIRECT_ALIGNMENT === 0 && alignedInMemory(rest) ? rest.length - (rest.length % DIRECT_ALIGNMENT) : 0;
+    if (this.direct && this.directAllowed && directLength > 0) {
+      try {
+        const { bytesWritten } = await this.direct.write(rest, 0, directLength, at);
+        rest = rest.subarray(bytesWritten);
+        at += bytesWritten;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+        this.directAllowed = false; // not for this file system (or this memory): write as usual from now on
+      }
+    }
+    if (rest.length > 0) await writeAllAt(this.handle, [rest], at);
+  }
+
+  /** Closes the O_DIRECT handle (the caller closes its own); call once no write is in flight. Closing twice is harmless. */
+  async close(): Promise<void> {
+    const direct = this.direct;
+    this.direct = null;
+    this.directAllowed = false;
+    await direct?.close();
+  }
 }
 
 /**
@@ -116,7 +180,7 @@ export class DirectReader {
     let filled = 0;
     try {
       const room = Math.ceil(length / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT <= buffer.length;
-      if (this.direct && position % DIRECT_ALIGNMENT === 0 && room) filled = await this.readDirect(buffer, length, position);
+      if (this.direct && position % DIRECT_ALIGNMENT === 0 && room && alignedInMemory(buffer)) filled = await this.readDirect(buffer, length, position);
       while (filled < length) {
         const { bytesRead } = await this.buffered.read(buffer, filled, length - filled, position + filled);
         if (bytesRead === 0) break;

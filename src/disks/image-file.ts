@@ -16,7 +16,7 @@ import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { fsyncDirectory } from '../util/durable-fs.js';
 import type { DiskExtent, DiskImageInput, DiskImageWriteOptions } from './disk-image.js';
-import { openForDirectWrites } from './direct-io.js';
+import { DirectWriter } from './direct-io.js';
 import { ImageFileWriter } from './image-writer.js';
 
 /** What an I/O error says went wrong, for messages: its errno code (ENOENT, EIO...), else its message. */
@@ -152,14 +152,14 @@ export async function writeImageFileAtomically(filePath: string, signal: AbortSi
   } catch (error) {
     throw writeFailure(error);
   }
-  const direct = await openForDirectWrites(temporaryPath);
+  const direct = await DirectWriter.open(handle, temporaryPath);
   const writer = new ImageFileWriter(handle, { direct });
   let closed = false;
   let renamed = false;
   try {
     await fill(handle, writer);
     await writer.flush();
-    await direct?.close();
+    await direct.close();
     throwIfAborted(signal);
     await handle.sync();
     closed = true;
@@ -170,7 +170,7 @@ export async function writeImageFileAtomically(filePath: string, signal: AbortSi
     return (await fs.stat(filePath)).size;
   } catch (error) {
     await writer.settle(); // no write may still run when the file is closed and removed
-    await direct?.close().catch(() => undefined);
+    await direct.close().catch(() => undefined);
     if (!closed) await handle.close().catch(() => undefined);
     if (!renamed) await fs.rm(temporaryPath, { force: true }).catch(() => undefined);
     if (error instanceof FerryError || (signal?.aborted && error === signal.reason)) throw error;

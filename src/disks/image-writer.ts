@@ -17,7 +17,7 @@
  */
 import type { promises as fs } from 'node:fs';
 import { writeAllAt } from '../util/durable-fs.js';
-import { alignedBuffers, DIRECT_ALIGNMENT, directlyWritable } from './direct-io.js';
+import { alignedBuffers, DIRECT_ALIGNMENT, type DirectWriter } from './direct-io.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -95,10 +95,10 @@ export interface ImageFileWriterOptions {
   /** At most this many `pwrite`s run at once; `write` waits for one to end beyond. Default 4. */
   writesInFlight?: number;
   /**
-   * The same file opened for O_DIRECT writes (direct-io.ts), or null: gathered writes whose offset and
-   * length are multiples of 4 KiB go through it, around the page cache; the others through `handle`.
+   * The same file as a `DirectWriter` (direct-io.ts), or null: gathered writes whose offset and length
+   * are multiples of 4 KiB go around the page cache; the others, and all without one, through `handle`.
    */
-  direct?: fs.FileHandle | null;
+  direct?: DirectWriter | null;
 }
 
 /**
@@ -112,8 +112,8 @@ export interface ImageFileWriterOptions {
  *   the file), so writing over a hole keeps zeros a hole.
  * - Memory: `writesInFlight + 1` buffers of `writeBytes`, page-aligned (for O_DIRECT), allocated once
  *   and reused (fresh memory for every write would cost a page fault per 4 KiB written).
- * - With a `direct` handle, aligned writes bypass the page cache (see direct-io.ts); a file system that
- *   turns them down (EINVAL) gets every later write through `handle`.
+ * - With a `direct` writer, aligned writes bypass the page cache (see direct-io.ts); a file system that
+ *   turns them down (EINVAL) gets every later write through the ordinary handle.
  * - A failed write fails the next `write`, `writeNonZero` or `flush` with the system error as it is (the
  *   caller names the file: see writeImageFileAtomically); `settle()` waits for everything in flight to end
  *   without throwing, for error paths that close the file.
@@ -121,7 +121,7 @@ export interface ImageFileWriterOptions {
 export class ImageFileWriter {
   private readonly writeBytes: number;
   private readonly writesInFlight: number;
-  private direct: fs.FileHandle | null;
+  private readonly direct: DirectWriter | null;
   /** The buffer being filled: its bytes go to [position, position + filled) of the file. */
   private gathering: { position: number; buffer: Buffer; filled: number } | null = null;
   /** Buffers not in use; null until the first write allocates them all. */
@@ -205,21 +205,10 @@ export class ImageFileWriter {
     this.inFlight.add(write);
   }
 
-  /** Writes `bytes` at `position`: direct when aligned and allowed, else (and for what a direct write left) through the page cache. */
+  /** Writes `bytes` at `position`: through the DirectWriter when there is one (direct when aligned), else through the page cache. */
   private async writeOut(bytes: Buffer, position: number): Promise<void> {
-    let rest = bytes;
-    let at = position;
-    if (this.direct && directlyWritable(at, rest.length)) {
-      try {
-        const { bytesWritten } = await this.direct.write(rest, 0, rest.length, at);
-        rest = rest.subarray(bytesWritten);
-        at += bytesWritten;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
-        this.direct = null; // not for this file system (or this buffer): write as usual from now on
-      }
-    }
-    if (rest.length > 0) await writeAllAt(this.handle, [rest], at);
+    if (this.direct) await this.direct.write(bytes, position);
+    else await writeAllAt(this.handle, [bytes], position);
   }
 
   private throwIfFailed(): void {

@@ -7,13 +7,16 @@
  * core stay busy: a window's chunks are read with `ChunkStore.readChunksInto` (chunks stored back to
  * back in a pack come in one read), decoded and checked in the store's codec pool (worker threads:
  * decryption, zstd, SHA-256) straight into the window's shared buffer, and written with one write per
- * run of consecutive non-zero chunks, while the other windows read and decode. Memory is bounded and
- * allocated once per restore: two shared buffers per window in flight (the stored objects read, the
- * chunks decoded).
+ * run of consecutive non-zero chunks, while the other windows read and decode. Those writes go around
+ * the page cache (O_DIRECT, see direct-io.ts) where aligned: a restore writes each byte once, and a
+ * profiled 2 GiB test failover spent 3.5 s of its 9 s of CPU in the kernel copying the disk into the
+ * page cache. Memory is bounded and allocated once per restore: two shared buffers per window in flight
+ * (the stored objects read, and the chunks decoded, page-aligned for the direct writes).
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { fsyncDirectory, writeAllAt } from '../util/durable-fs.js';
+import { alignedSharedBuffer, DirectWriter } from '../disks/direct-io.js';
+import { fsyncDirectory } from '../util/durable-fs.js';
 import { sharedBuffer } from '../util/worker-pool.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { DiskIndex } from './disk-index.js';
@@ -34,6 +37,7 @@ export async function restoreDiskToFile(
 ): Promise<void> {
   const partialPath = `${outputPath}.partial`;
   const handle = await fs.open(partialPath, 'w');
+  const output = await DirectWriter.open(handle, partialPath);
   try {
     await handle.truncate(index.diskSize);
     let doneBytes = 0;
@@ -42,14 +46,14 @@ export async function restoreDiskToFile(
     let failed = false;
     const worker = async () => {
       // Each worker reuses two shared buffers: stored objects are read into one, decoders write the
-      // chunks into the other, and the file is written from that.
-      const buffer = sharedBuffer(windowBytes);
+      // chunks into the other (page-aligned), and the file is written from that.
+      const buffer = alignedSharedBuffer(windowBytes);
       const readBuffer = sharedBuffer(windowBytes + WINDOW_CHUNKS * OBJECT_OVERHEAD);
       while (nextWindow < index.chunkCount && !failed) {
         const first = nextWindow;
         nextWindow += WINDOW_CHUNKS;
         const last = Math.min(first + WINDOW_CHUNKS, index.chunkCount);
-        await restoreWindow(store, index, handle, buffer, readBuffer, first, last);
+        await restoreWindow(store, index, output, buffer, readBuffer, first, last);
         for (let position = first; position < last; position++) doneBytes += index.lengthAt(position);
         onProgress(doneBytes);
       }
@@ -63,8 +67,10 @@ export async function restoreDiskToFile(
     const results = await Promise.allSettled(workers); // none still writes once this returns
     const failure = results.find((result) => result.status === 'rejected');
     if (failure) throw failure.reason;
-    await handle.sync();
+    await output.close();
+    await handle.sync(); // covers the direct writes too
   } catch (error) {
+    await output.close().catch(() => undefined);
     await handle.close();
     await fs.rm(partialPath, { force: true });
     throw error;
@@ -78,7 +84,7 @@ export async function restoreDiskToFile(
  * Reads and decodes the non-zero chunks at positions [first, last) into `buffer` (chunk `position` at
  * `(position - first) * chunkSize`), then writes each run of consecutive ones with one write.
  */
-async function restoreWindow(store: ChunkStore, index: DiskIndex, handle: fs.FileHandle, buffer: Buffer, readBuffer: Buffer, first: number, last: number): Promise<void> {
+async function restoreWindow(store: ChunkStore, index: DiskIndex, output: DirectWriter, buffer: Buffer, readBuffer: Buffer, first: number, last: number): Promise<void> {
   const positions: number[] = [];
   for (let position = first; position < last; position++) if (!index.isZeroAt(position)) positions.push(position);
   if (positions.length === 0) return;
@@ -95,7 +101,7 @@ async function restoreWindow(store: ChunkStore, index: DiskIndex, handle: fs.Fil
     while (end < positions.length && positions[end] === positions[end - 1]! + 1) end++;
     const from = positions[start]!;
     const to = positions[end - 1]!;
-    await writeAllAt(handle, [buffer.subarray(at(from), at(to) + index.lengthAt(to))], from * index.chunkSize);
+    await output.write(buffer.subarray(at(from), at(to) + index.lengthAt(to)), from * index.chunkSize);
     start = end;
   }
 }
