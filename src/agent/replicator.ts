@@ -53,8 +53,9 @@ const WINDOWS_IN_FLIGHT = 4;
 /** A window is sent on its own when at least 1/SPARSE_WINDOW_SHARE of its chunks are to be sent. */
 const SPARSE_WINDOW_SHARE = 4;
 /**
- * Changed chunks of sparse windows are gathered until they add up to this many bytes (128 chunks): a
- * window's worth, so the server's batch buffers serve both kinds of upload.
+ * Changed chunks of sparse windows are gathered into batches of at most this many bytes (128 chunks): a
+ * window's worth, so the server's batch buffers (its staging size, chunk-codec-pool.ts) serve both kinds
+ * of upload.
  */
 const GATHERED_BATCH_BYTES = 8 * 1024 * 1024;
 /**
@@ -340,6 +341,10 @@ async function readDisk(
     if (candidates.length >= (last - first) / SPARSE_WINDOW_SHARE) return uploadMissing(candidates, deps);
     // Copied (the window buffer is reused once this returns) into the gathered batch's slab: one
     // buffer reused from batch to batch, not a 64 KiB allocation per chunk that malloc would keep.
+    // A batch that these would take past GATHERED_BATCH_BYTES goes first: the server stages a batch's
+    // chunks in buffers of that size, reused, and one larger gets buffers made for it alone.
+    const candidateBytes = candidates.reduce((total, candidate) => total + candidate.data.length, 0);
+    if (gatheredBytes > 0 && gatheredBytes + candidateBytes > GATHERED_BATCH_BYTES) await sendGathered();
     gatheredSlab ??= gatheredSlabs.take(gatheredSlabBytes);
     for (const candidate of candidates) {
       const copy = gatheredSlab.subarray(gatheredBytes, gatheredBytes + candidate.data.length);
@@ -353,8 +358,8 @@ async function readDisk(
   };
   const gathered: Candidate[] = [];
   let gatheredBytes = 0;
-  // A slab holds a gathered batch: up to GATHERED_BATCH_BYTES, then one more window's changed chunks
-  // (a sparse window's are under a quarter of it), so a window's chunks always fit.
+  // A slab holds a gathered batch: up to GATHERED_BATCH_BYTES, or one window's changed chunks alone
+  // where those are more (a sparse window's are under a quarter of a window), so they always fit.
   const gatheredSlabBytes = GATHERED_BATCH_BYTES + WINDOW_CHUNKS * chunkSize;
   let gatheredSlab: Buffer | null = null;
   // Gathered uploads run apart from the windows (their chunks are copies), so reading goes on while

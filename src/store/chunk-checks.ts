@@ -40,9 +40,11 @@ export function ingestChunk(input: IngestInput, codec: ObjectCodec, scratch?: Bu
 /**
  * What an upload is stored as: `ChunkCodec.None` or `ChunkCodec.Zstd` when its object is that codec's
  * plain header followed by the payload exactly as uploaded (`plainObjectHeader`: no copy needed), else
- * the object's bytes. Same checks and errors as `ingestChunk`, same objects once joined.
+ * the object's bytes as parts to join, at most the payload's length plus MAX_OBJECT_OVERHEAD in all.
+ * The parts may view a scratch buffer of this thread's: valid until the next call, so copy them before
+ * that. Same checks and errors as `ingestChunk`, same objects once joined.
  */
-export function ingestChunkParts(input: IngestInput, codec: ObjectCodec, scratch?: Buffer): typeof ChunkCodec.None | typeof ChunkCodec.Zstd | Buffer {
+export function ingestChunkParts(input: IngestInput, codec: ObjectCodec, scratch?: Buffer): typeof ChunkCodec.None | typeof ChunkCodec.Zstd | Uint8Array[] {
   const data = checkUpload(input, scratch);
   if (codec.dataKey === null && codec.compressionLevel !== null) {
     // The rules of encodeChunkObject: a checked frame smaller than the chunk is kept as it is; a chunk
@@ -53,14 +55,15 @@ export function ingestChunkParts(input: IngestInput, codec: ObjectCodec, scratch
       // them so), and a fresh buffer per attempt would be garbage by the megabyte.
       if (compressScratch.length < data.length) compressScratch = Buffer.allocUnsafe(data.length);
       const length = compressChunkInto(data, codec.compressionLevel, compressScratch.subarray(0, data.length - 1));
-      return length > 0 ? Buffer.concat([plainObjectHeader(ChunkCodec.Zstd), compressScratch.subarray(0, length)]) : ChunkCodec.None;
+      return length > 0 ? [zstdHeader, compressScratch.subarray(0, length)] : ChunkCodec.None;
     }
   }
   if (codec.dataKey === null && codec.compressionLevel === null && !input.compressed) return ChunkCodec.None;
-  return encodeChunkObject(data, input.objectKey, codec, input.compressed ? input.payload : undefined);
+  return [encodeChunkObject(data, input.objectKey, codec, input.compressed ? input.payload : undefined)];
 }
 
 let compressScratch = Buffer.alloc(0);
+const zstdHeader = plainObjectHeader(ChunkCodec.Zstd);
 
 /** The upload's bytes (inflated into `scratch` when given) after the checks `ingestChunk` documents. */
 function checkUpload(input: IngestInput, scratch?: Buffer): Uint8Array {

@@ -12,12 +12,16 @@ import { FerryError } from '../errors.js';
 import { isShared, SharedBufferCache, siblingWorkerPath, WorkerPool } from '../util/worker-pool.js';
 import type { ChunkCodecRequest, ChunkCodecResult, IngestRequest } from './chunk-codec-worker.js';
 import type { IngestInput } from './chunk-checks.js';
-import { ChunkCodec, type ObjectCodec, plainObjectHeader } from './chunk-object.js';
+import { ChunkCodec, MAX_OBJECT_OVERHEAD, type ObjectCodec, plainObjectHeader } from './chunk-object.js';
 
 /** Size of an ingest staging buffer: an agent's usual batch (a window of 128 chunks, or a gathered 8 MiB) fits. */
 const STAGING_BYTES = 8 * 1024 * 1024 + 64 * 1024;
-/** Staging buffers kept for reuse: as many as batches usually arrive at once. */
-const STAGING_KEPT = 4;
+/**
+ * Staging buffers kept for reuse: a batch being stored holds up to three at once (its delta bases, its
+ * payloads on their way to a worker, its encoded objects until their pack is written), and an agent
+ * has a few batches under way.
+ */
+const STAGING_KEPT = 8;
 
 /** One stored chunk object for `ChunkCodecPool.decode`: where it lies, what it must be, where it goes. */
 export interface ObjectToDecode {
@@ -99,16 +103,20 @@ export class ChunkCodecPool {
    * The stored objects for uploaded chunks, in input order, each as parts to write one after another
    * (`ingestChunkParts`: inflated when compressed, checked against their names, not all zeros, encoded
    * under `codec`; an object that is a plain header and the payload as uploaded refers to the payload,
-   * uncopied), computed in a worker. The payloads are copied to it, through a reused shared buffer. Throws the error of the first
-   * chunk refused (invalid-request, chunk-hash-mismatch), internal (retryable) when the pool is closed
-   * or broken.
+   * uncopied), computed in the workers. The payloads go to them through a reused shared buffer, and the
+   * objects come back in another, which the objects view: call `release` once nothing reads them any
+   * more (their pack is written). Throws the error of the first chunk refused (invalid-request,
+   * chunk-hash-mismatch), internal (retryable) when the pool is closed or broken; nothing to release then.
    */
-  async ingest(chunks: readonly IngestInput[], codec: ObjectCodec): Promise<Uint8Array[][]> {
-    if (chunks.length === 0) return [];
-    // The payloads are copied into a reused shared staging buffer, not into a new buffer moved to the
-    // worker: moved buffers die in the worker's heap, which frees them only when it next collects.
+  async ingest(chunks: readonly IngestInput[], codec: ObjectCodec): Promise<{ objects: Uint8Array[][]; release: () => void }> {
+    if (chunks.length === 0) return { objects: [], release: () => undefined };
+    // Payloads go to the workers, and objects come back, through reused shared buffers, not through
+    // buffers made per batch and moved: a moved buffer dies in the receiving thread's heap, freed only
+    // when that thread next collects, and an incremental cycle's thousands of rebuilt chunks piled up
+    // that way by the hundred megabytes.
     const total = chunks.reduce((sum, chunk) => sum + chunk.payload.length, 0);
     const staging = this.sharedBuffers.take(total);
+    const output = this.sharedBuffers.take(total + chunks.length * MAX_OBJECT_OVERHEAD);
     const at: number[] = [];
     let offset = 0;
     for (const chunk of chunks) {
@@ -117,12 +125,17 @@ export class ChunkCodecPool {
       offset += chunk.payload.length;
     }
     const payloads = staging.subarray(0, total);
+    // Chunk i's object may start at its payload's offset plus MAX_OBJECT_OVERHEAD per chunk before it
+    // (no object is larger than its payload plus that), so each slice writes into a region of its own.
+    const outputAt = (position: number) => (position < chunks.length ? at[position]! : total) + position * MAX_OBJECT_OVERHEAD;
     // A batch is cut into one slice per worker (slices of at least INGEST_SLICE_MIN_BYTES), so one
     // batch uses every core: a batch's latency is what holds an agent's next upload back.
     const slices = sliceBatch(chunks.map((chunk) => chunk.payload.length), this.size);
-    let results: ChunkCodecResult[];
+    let settled: PromiseSettledResult<ChunkCodecResult>[];
     try {
-      results = await Promise.all(
+      // Every slice is waited for, even after one fails: none may still write into `output` once it is
+      // given back (another batch's objects would be overwritten).
+      settled = await Promise.allSettled(
         slices.map(({ first, end }) => {
           const slice = chunks.slice(first, end);
           return this.pool.run({
@@ -136,29 +149,35 @@ export class ChunkCodecPool {
             rebuiltFrom: slice.map((chunk) => chunk.rebuiltFrom ?? null),
             compressionLevel: codec.compressionLevel,
             dataKey: codec.dataKey,
+            output: output.subarray(outputAt(first), outputAt(end)),
           } satisfies IngestRequest);
         }),
       );
     } finally {
       this.sharedBuffers.give(staging);
     }
-    const stored: Uint8Array[][] = [];
+    const failed = settled.find((result) => result.status === 'rejected');
+    if (failed) {
+      this.sharedBuffers.give(output);
+      throw failed.reason;
+    }
+    const results = settled.map((result) => (result as PromiseFulfilledResult<ChunkCodecResult>).value);
+    const objects: Uint8Array[][] = [];
     slices.forEach(({ first }, slice) => {
       const result = results[slice]!;
       if (result.kind !== 'ingest') throw new FerryError('internal', 'chunk codec worker answered an ingest with a decode');
-      const objects = Buffer.from(result.objects.buffer, result.objects.byteOffset, result.objects.byteLength);
-      let objectAt = 0;
+      let objectAt = outputAt(first);
       result.objectLengths.forEach((length, offset) => {
         const plain = result.asUploaded[offset]!;
         if (plain === ChunkCodec.None || plain === ChunkCodec.Zstd) {
-          stored.push([plainObjectHeader(plain), chunks[first + offset]!.payload]);
+          objects.push([plainObjectHeader(plain), chunks[first + offset]!.payload]);
           return;
         }
-        stored.push([objects.subarray(objectAt, objectAt + length)]);
+        objects.push([output.subarray(objectAt, objectAt + length)]);
         objectAt += length;
       });
     });
-    return stored;
+    return { objects, release: () => this.sharedBuffers.give(output) };
   }
 
   /** Stops the workers; calls still waiting fail. */

@@ -6,8 +6,9 @@
  *   inflated and checked against its name, written at its place in a shared output buffer.
  * - `ingest` (storing an upload): chunk payloads back to back -> each inflated when it came as a zstd
  *   frame, checked (SHA-256 equals its name, not all zeros) and encoded as a stored object under the
- *   store's codec (the uploaded frame kept as is when smaller, compressed otherwise, encrypted); an
- *   object that is a plain header and the payload as uploaded is not sent back, only said so.
+ *   store's codec (the uploaded frame kept as is when smaller, compressed otherwise, encrypted), written
+ *   into the caller's shared output; an object that is a plain header and the payload as uploaded is
+ *   not written, only said so.
  *
  * The errors are those of the main-thread code it replaces (corrupt-data, chunk-hash-mismatch,
  * invalid-request, with the same messages and details); the pool rethrows them as FerryErrors.
@@ -15,7 +16,8 @@
 import { parentPort } from 'node:worker_threads';
 import { decodeStoredChunk, ingestChunkParts } from './chunk-checks.js';
 import type { ObjectCodec } from './chunk-object.js';
-import { joinForTransfer, toWorkerFailure, type WorkerReply } from '../util/worker-pool.js';
+import { FerryError } from '../errors.js';
+import { toWorkerFailure, type WorkerReply } from '../util/worker-pool.js';
 
 /** Decode stored objects (`objects`, back to back) into `output` at `outputAt`. */
 export interface DecodeRequest {
@@ -47,6 +49,12 @@ export interface IngestRequest {
   rebuiltFrom: (string | null)[];
   compressionLevel: number | null;
   dataKey: Uint8Array | null;
+  /**
+   * Where the objects go, back to back from its start: a view of a SharedArrayBuffer the caller owns
+   * (no buffer is made per batch and moved back, to die in the caller's heap), at least the payloads'
+   * bytes plus MAX_OBJECT_OVERHEAD per chunk (an object is never larger).
+   */
+  output: Uint8Array;
 }
 
 /** A request without the id the pool adds. */
@@ -55,9 +63,9 @@ export type ChunkCodecRequest = DecodeRequest | IngestRequest;
 /**
  * `decode`: nothing (the chunks are in the output). `ingest`: per chunk, in `asUploaded`, the plain codec
  * (0 none, 1 zstd) whose header followed by the payload as uploaded is its object, or -1 when its
- * object is in `objects` (back to back, `objectLengths` each; 0 for the others).
+ * object is in the request's `output` (back to back, `objectLengths` each; 0 for the others).
  */
-export type ChunkCodecResult = { kind: 'decode' } | { kind: 'ingest'; objects: Uint8Array; objectLengths: number[]; asUploaded: number[] };
+export type ChunkCodecResult = { kind: 'decode' } | { kind: 'ingest'; objectLengths: number[]; asUploaded: number[] };
 
 function codecOf(request: { compressionLevel?: number | null; dataKey: Uint8Array | null }): ObjectCodec {
   return { compressionLevel: request.compressionLevel ?? null, dataKey: request.dataKey ? Buffer.from(request.dataKey) : null };
@@ -82,8 +90,10 @@ const inflateScratch = Buffer.allocUnsafe(64 * 1024);
 function ingest(request: IngestRequest): ChunkCodecResult {
   const codec = codecOf(request);
   const payloads = Buffer.from(request.payloads.buffer, request.payloads.byteOffset, request.payloads.byteLength);
-  const encoded: Buffer[] = [];
+  const output = request.output;
+  const objectLengths: number[] = [];
   const asUploaded: number[] = [];
+  let written = 0;
   request.hashHexes.forEach((hashHex, position) => {
     const at = request.at[position]!;
     const payload = payloads.subarray(at, at + request.payloadLengths[position]!);
@@ -91,21 +101,26 @@ function ingest(request: IngestRequest): ChunkCodecResult {
     const stored = ingestChunkParts(input, codec, inflateScratch);
     if (typeof stored === 'number') {
       asUploaded.push(stored);
-      encoded.push(Buffer.alloc(0));
-    } else {
-      asUploaded.push(-1);
-      encoded.push(stored);
+      objectLengths.push(0);
+      return;
     }
+    // Copied at once: the parts may view this thread's scratch buffers, which the next chunk reuses.
+    const length = stored.reduce((total, part) => total + part.length, 0);
+    if (written + length > output.length) throw new FerryError('internal', `chunk ${hashHex}'s stored object (${length} bytes) does not fit the ingest output`);
+    for (const part of stored) {
+      output.set(part, written);
+      written += part.length;
+    }
+    asUploaded.push(-1);
+    objectLengths.push(length);
   });
-  const objects = joinForTransfer(encoded);
-  return { kind: 'ingest', objects, objectLengths: encoded.map((object) => object.length), asUploaded };
+  return { kind: 'ingest', objectLengths, asUploaded };
 }
 
 parentPort?.on('message', (request: ChunkCodecRequest & { id: number }) => {
   try {
     const result = request.kind === 'decode' ? decode(request) : ingest(request);
-    const transfer = result.kind === 'ingest' ? [result.objects.buffer as ArrayBuffer] : [];
-    parentPort!.postMessage({ id: request.id, result } satisfies WorkerReply<ChunkCodecResult>, transfer);
+    parentPort!.postMessage({ id: request.id, result } satisfies WorkerReply<ChunkCodecResult>);
   } catch (error) {
     parentPort!.postMessage({ id: request.id, error: toWorkerFailure(error) } satisfies WorkerReply<ChunkCodecResult>);
   }

@@ -44,6 +44,11 @@ const FORMAT_VERSION = 1;
 const HEADER_LENGTH = 4;
 const NONCE_LENGTH = 12;
 const TAG_LENGTH = 16;
+/**
+ * Most bytes a stored object adds to its payload (the chunk, or a zstd frame of it no larger): header,
+ * nonce and tag. Callers that write objects into buffers of their own size them with it.
+ */
+export const MAX_OBJECT_OVERHEAD = HEADER_LENGTH + NONCE_LENGTH + TAG_LENGTH;
 
 /** Codecs a stored object may use (the fourth header byte): flag bits, combined. */
 export const ChunkCodec = { None: 0, Zstd: 1, Aes256Gcm: 2, Aes256GcmZstd: 3 } as const;

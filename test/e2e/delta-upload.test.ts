@@ -4,7 +4,8 @@
  * byte-identical. Without the agent's state (no block fingerprints) the next cycle sends whole chunks
  * and still works, and the cycle after it is a delta again. When the server cannot rebuild a delta
  * (its base chunk is gone from the store, or a fingerprint collision hid a changed block) the agent
- * sends those chunks whole and the point is still right.
+ * sends those chunks whole and the point is still right. Changed chunks of many sparse windows are
+ * gathered into batches no larger than the server's staging buffers (seen through a recording proxy).
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -12,7 +13,10 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { crc32 } from 'node:zlib';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { BlockFingerprints } from '../../src/agent/block-fingerprints.js';
+import { decodeChunkBatch } from '../../src/protocol/chunk-batch.js';
 import { DiskIndex } from '../../src/store/disk-index.js';
 import { connectAgent, ferryJson, restoresIdentical, startServer, tempDir, type TestServer } from './harness.js';
 
@@ -134,4 +138,66 @@ test('a delta whose base the store lost, and one a fingerprint collision made wr
   assert.ok(collision.sentBytes >= CHUNK, `the wrong delta was refused and the chunk sent whole: ${collision.sentBytes} bytes`);
   assert.ok(await restoresIdentical(server, 'vm', collision.id, [expectedCollision]));
   assert.match(await fs.readFile(`${agentDir}.log`, 'utf8'), /sent as changed blocks \(chunk sent as [0-9a-f]{64} hashes to [0-9a-f]{64} once rebuilt/);
+});
+
+/**
+ * A proxy on 127.0.0.1 in front of `target` that forwards every request as it is and hands each chunk
+ * batch's body (POST /api/v1/chunks) to `onBatch` first.
+ */
+async function recordingProxy(t: Parameters<typeof tempDir>[0], target: string, onBatch: (body: Buffer) => void): Promise<string> {
+  const upstream = new URL(target);
+  const proxy = http.createServer((request, response) => {
+    const parts: Buffer[] = [];
+    request.on('data', (part: Buffer) => parts.push(part));
+    request.on('end', () => {
+      const body = Buffer.concat(parts);
+      if (request.method === 'POST' && request.url === '/api/v1/chunks') onBatch(body);
+      const forward = http.request({ host: upstream.hostname, port: upstream.port, method: request.method, path: request.url, headers: request.headers }, (answer) => {
+        response.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(response);
+      });
+      forward.on('error', () => response.destroy());
+      forward.end(body);
+    });
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => proxy.close(() => resolve())));
+  return `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+}
+
+test('changed chunks of sparse windows are gathered into batches of at most 8 MiB of chunks, the server staging size', async (t) => {
+  const root = await tempDir(t);
+  const disk = path.join(root, 'vm.raw');
+  const windowChunks = 128; // the agent's window: 8 MiB of 64 KiB chunks
+  const windows = 8;
+  await fs.writeFile(disk, randomBytes(windows * windowChunks * CHUNK));
+  const server = await startServer(t, path.join(root, 'server'));
+  const batches: { chunks: number; chunkBytes: number }[] = [];
+  const proxyUrl = await recordingProxy(t, server.url, (body) => {
+    const frames = decodeChunkBatch(body);
+    const chunkBytes = frames.reduce((total, frame) => total + (frame.delta ? frame.delta.chunkLength : frame.data.length), 0);
+    batches.push({ chunks: frames.length, chunkBytes });
+  });
+  await connectAgent(t, { ...server, url: proxyUrl }, root, { vm: [disk] });
+  await ferryJson(server, ['site', 'add', 'dr', '--path', path.join(root, 'site')]);
+  const { job } = await ferryJson(server, ['protect', 'vm', '--site', 'dr', '--wait']);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+
+  // 30 changed chunks in every window: under a quarter of it, so each window's are gathered with the
+  // next ones'. Four windows' (7.5 MiB) fit a batch; a fifth would take it to 9.4 MiB.
+  const blocks: number[] = [];
+  for (let window = 0; window < windows; window++) {
+    for (let chunk = 0; chunk < 30; chunk++) blocks.push(((window * windowChunks + chunk * 4) * CHUNK) / BLOCK + (chunk % 16));
+  }
+  await writeBlocks(disk, blocks);
+  const expected = await snapshot(root, disk, 'after-writes');
+  batches.length = 0;
+  const point = await takePoint(server);
+  assert.equal(point.changedBytes, windows * 30 * CHUNK);
+  const limit = 8 * 1024 * 1024;
+  assert.ok(batches.length > 0, 'the cycle sent batches');
+  for (const batch of batches) assert.ok(batch.chunkBytes <= limit, `a batch of ${batch.chunks} chunks holds ${batch.chunkBytes} bytes of chunks, more than ${limit}`);
+  assert.ok(batches.some((batch) => batch.chunks > 30), `windows' changes were gathered: ${JSON.stringify(batches)}`);
+  assert.equal(batches.reduce((total, batch) => total + batch.chunks, 0), windows * 30, 'every changed chunk was sent once');
+  assert.ok(await restoresIdentical(server, 'vm', point.id, [expected]));
 });

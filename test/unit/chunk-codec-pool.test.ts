@@ -79,12 +79,13 @@ describe('ChunkCodecPool', () => {
     const frame = compressChunk(text, 1)!;
     const random = randomBytes(4096);
     const upload = (data: Buffer, payload: Buffer, compressed: boolean) => ({ hashHex: hashChunk(data).toString('hex'), payload, compressed, objectKey: chunkKey(hashChunk(data).toString('hex')) });
-    const objects = await pool.ingest([upload(text, frame, true), upload(random, random, false)], ENCRYPTED);
+    const { objects, release } = await pool.ingest([upload(text, frame, true), upload(random, random, false)], ENCRYPTED);
     assert.deepEqual(decodeChunkObject(Buffer.concat(objects[0]!), chunkKey(hashChunk(text).toString('hex')), ENCRYPTED), text);
     assert.deepEqual(decodeChunkObject(Buffer.concat(objects[1]!), chunkKey(hashChunk(random).toString('hex')), ENCRYPTED), random);
+    release();
 
     // A plain store keeps an uploaded frame (and an incompressible chunk) as uploaded: header + payload, no copy.
-    const plain = await pool.ingest([upload(text, frame, true), upload(random, random, false)], COMPRESSED);
+    const { objects: plain } = await pool.ingest([upload(text, frame, true), upload(random, random, false)], COMPRESSED);
     assert.equal(plain[0]![1], frame);
     assert.equal(plain[1]![1], random);
     assert.deepEqual(decodeChunkObject(Buffer.concat(plain[0]!), 'k', COMPRESSED), text);
@@ -107,13 +108,37 @@ describe('ChunkCodecPool', () => {
       const hashHex = hashChunk(chunk).toString('hex');
       return { hashHex, payload: chunk, compressed: false, objectKey: chunkKey(hashHex) };
     });
-    const objects = await pool.ingest(uploads, ENCRYPTED);
+    const { objects } = await pool.ingest(uploads, ENCRYPTED);
     assert.equal(objects.length, chunks.length);
     objects.forEach((parts, position) => assert.deepEqual(decodeChunkObject(Buffer.concat(parts), uploads[position]!.objectKey, ENCRYPTED), chunks[position]));
     // A bad chunk in the second slice still refuses the batch.
     const bad = [...uploads];
     bad[50] = { ...bad[50]!, payload: randomBytes(65536) };
     await assert.rejects(pool.ingest(bad, PLAIN_CODEC), ferryError('chunk-hash-mismatch', [uploads[50]!.hashHex]));
+  });
+
+  test('objects come back in shared memory the pool reuses once released, none made per batch; the largest objects there are fit', async (t) => {
+    const pool = new ChunkCodecPool(2);
+    t.after(() => pool.close());
+    // Incompressible chunks under encryption: every object is its chunk plus header, nonce and tag.
+    const chunks = Array.from({ length: 64 }, () => randomBytes(65536));
+    const uploads = chunks.map((chunk) => {
+      const hashHex = hashChunk(chunk).toString('hex');
+      return { hashHex, payload: chunk, compressed: false, objectKey: chunkKey(hashHex) };
+    });
+    const memories = new Set<ArrayBufferLike>();
+    for (let round = 0; round < 5; round++) {
+      const { objects, release } = await pool.ingest(uploads, ENCRYPTED);
+      objects.forEach((parts, position) => {
+        assert.equal(parts.length, 1);
+        assert.ok(parts[0]!.buffer instanceof SharedArrayBuffer, 'an object lies in shared memory');
+        memories.add(parts[0]!.buffer);
+        assert.deepEqual(decodeChunkObject(Buffer.from(parts[0]!), uploads[position]!.objectKey, ENCRYPTED), chunks[position]);
+      });
+      release();
+    }
+    // Five batches, two buffers taking turns (payloads out, objects back): reused, not made anew.
+    assert.ok(memories.size <= 2, `objects came back in ${memories.size} buffers over 5 batches`);
   });
 
   test('sliceBatch: consecutive runs of about equal bytes, at most one per worker, none for less than 1 MiB', () => {
