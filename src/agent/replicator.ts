@@ -342,9 +342,10 @@ async function readDisk(
     // Copied (the window buffer is reused once this returns) into the gathered batch's slab: one
     // buffer reused from batch to batch, not a 64 KiB allocation per chunk that malloc would keep.
     // A batch that these would take past GATHERED_BATCH_BYTES goes first: the server stages a batch's
-    // chunks in buffers of that size, reused, and one larger gets buffers made for it alone.
+    // chunks in buffers of that size, reused, and one larger gets buffers made for it alone. Checked
+    // again after each wait: other windows may have gathered into the next batch meanwhile.
     const candidateBytes = candidates.reduce((total, candidate) => total + candidate.data.length, 0);
-    if (gatheredBytes > 0 && gatheredBytes + candidateBytes > GATHERED_BATCH_BYTES) await sendGathered();
+    while (gatheredBytes > 0 && gatheredBytes + candidateBytes > GATHERED_BATCH_BYTES) await sendGathered();
     gatheredSlab ??= gatheredSlabs.take(gatheredSlabBytes);
     for (const candidate of candidates) {
       const copy = gatheredSlab.subarray(gatheredBytes, gatheredBytes + candidate.data.length);

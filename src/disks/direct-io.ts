@@ -1,6 +1,7 @@
 /**
  * Disk bytes read and written around the page cache (O_DIRECT), for one pass over a whole disk: what
- * `ferry image convert`, every image writer and the agent's replication cycles do with their bulk data.
+ * `ferry image convert`, every image writer, the restore of a point to a raw disk and the agent's
+ * replication cycles do with their bulk data.
  *
  * Why: such a pass touches each byte once; through the page cache the kernel first allocates, zeroes
  * or fills, and later writes back a page for every 4 KiB, which on a loaded or virtualised host costs
@@ -12,8 +13,9 @@
  *
  * O_DIRECT wants the buffer's address, the file offset and the length aligned (to the device's logical
  * block size): buffers come from `alignedBuffers` or `alignedSharedBuffer` (WebAssembly memory, which is
- * page-aligned), and only reads and writes at multiples of `DIRECT_ALIGNMENT` go direct (a read's length
- * is rounded up to one: the file's end gives a short read). Everything else, and everything on a file
+ * page-aligned), and only reads and writes at offsets that are multiples of `DIRECT_ALIGNMENT`, from
+ * such memory, go direct (a read's length is rounded up to a multiple: the file's end gives a short
+ * read; a write's whole blocks go direct and an unaligned tail the ordinary way). Everything else, and everything on a file
  * system that refuses O_DIRECT (at open, or with EINVAL later), goes through an ordinary handle to the
  * same file: the same bytes, only slower. Durability is unchanged: an fsync of the file covers what was
  * written either way.

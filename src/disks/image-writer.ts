@@ -95,8 +95,8 @@ export interface ImageFileWriterOptions {
   /** At most this many `pwrite`s run at once; `write` waits for one to end beyond. Default 4. */
   writesInFlight?: number;
   /**
-   * The same file as a `DirectWriter` (direct-io.ts), or null: gathered writes whose offset and length
-   * are multiples of 4 KiB go around the page cache; the others, and all without one, through `handle`.
+   * The same file as a `DirectWriter` (direct-io.ts), or null: the whole 4 KiB blocks of gathered writes
+   * at multiples of 4 KiB go around the page cache; the rest, and all without one, through `handle`.
    */
   direct?: DirectWriter | null;
 }

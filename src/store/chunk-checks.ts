@@ -40,7 +40,8 @@ export function ingestChunk(input: IngestInput, codec: ObjectCodec, scratch?: Bu
 /**
  * What an upload is stored as: `ChunkCodec.None` or `ChunkCodec.Zstd` when its object is that codec's
  * plain header followed by the payload exactly as uploaded (`plainObjectHeader`: no copy needed), else
- * the object's bytes as parts to join, at most the payload's length plus MAX_OBJECT_OVERHEAD in all.
+ * the object's bytes as parts to join: at most MAX_OBJECT_OVERHEAD more than the larger of the payload
+ * and the chunk (a store that does not compress keeps an uploaded frame's chunk inflated).
  * The parts may view a scratch buffer of this thread's: valid until the next call, so copy them before
  * that. Same checks and errors as `ingestChunk`, same objects once joined.
  */

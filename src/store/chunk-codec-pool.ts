@@ -12,7 +12,7 @@ import { FerryError } from '../errors.js';
 import { isShared, SharedBufferCache, siblingWorkerPath, WorkerPool } from '../util/worker-pool.js';
 import type { ChunkCodecRequest, ChunkCodecResult, IngestRequest } from './chunk-codec-worker.js';
 import type { IngestInput } from './chunk-checks.js';
-import { ChunkCodec, MAX_OBJECT_OVERHEAD, type ObjectCodec, plainObjectHeader } from './chunk-object.js';
+import { ChunkCodec, MAX_OBJECT_OVERHEAD, type ObjectCodec, plainObjectHeader, zstdFrameContentSize } from './chunk-object.js';
 
 /** Size of an ingest staging buffer: an agent's usual batch (a window of 128 chunks, or a gathered 8 MiB) fits. */
 const STAGING_BYTES = 8 * 1024 * 1024 + 64 * 1024;
@@ -43,7 +43,9 @@ export class ChunkCodecPool {
   private readonly pool: WorkerPool<ChunkCodecRequest, ChunkCodecResult>;
   /**
    * Shared buffers for a batch's worth of chunks (8 MiB and a little), reused: ingest stages payloads in
-   * them, and the store reads delta bases into them (`takeShared`).
+   * them and gets the encoded objects back in them, and the store reads delta bases, and their stored
+   * objects, into them (`takeShared`). A buffer a failed request used is dropped, not reused: a worker
+   * of a broken pool may still be writing into it.
    */
   private readonly sharedBuffers = new SharedBufferCache(STAGING_BYTES, STAGING_KEPT);
 
@@ -116,7 +118,6 @@ export class ChunkCodecPool {
     // that way by the hundred megabytes.
     const total = chunks.reduce((sum, chunk) => sum + chunk.payload.length, 0);
     const staging = this.sharedBuffers.take(total);
-    const output = this.sharedBuffers.take(total + chunks.length * MAX_OBJECT_OVERHEAD);
     const at: number[] = [];
     let offset = 0;
     for (const chunk of chunks) {
@@ -125,42 +126,40 @@ export class ChunkCodecPool {
       offset += chunk.payload.length;
     }
     const payloads = staging.subarray(0, total);
-    // Chunk i's object may start at its payload's offset plus MAX_OBJECT_OVERHEAD per chunk before it
-    // (no object is larger than its payload plus that), so each slice writes into a region of its own.
-    const outputAt = (position: number) => (position < chunks.length ? at[position]! : total) + position * MAX_OBJECT_OVERHEAD;
+    // Each chunk's object gets a region of the output as large as it can be (`objectBound`), so each
+    // slice writes into a region of its own.
+    const regionAt = [0];
+    for (const chunk of chunks) regionAt.push(regionAt.at(-1)! + objectBound(chunk));
+    const output = this.sharedBuffers.take(regionAt.at(-1)!);
+    const outputAt = (position: number) => regionAt[position]!;
     // A batch is cut into one slice per worker (slices of at least INGEST_SLICE_MIN_BYTES), so one
     // batch uses every core: a batch's latency is what holds an agent's next upload back.
     const slices = sliceBatch(chunks.map((chunk) => chunk.payload.length), this.size);
-    let settled: PromiseSettledResult<ChunkCodecResult>[];
-    try {
-      // Every slice is waited for, even after one fails: none may still write into `output` once it is
-      // given back (another batch's objects would be overwritten).
-      settled = await Promise.allSettled(
-        slices.map(({ first, end }) => {
-          const slice = chunks.slice(first, end);
-          return this.pool.run({
-            kind: 'ingest',
-            payloads,
-            at: at.slice(first, end),
-            payloadLengths: slice.map((chunk) => chunk.payload.length),
-            hashHexes: slice.map((chunk) => chunk.hashHex),
-            objectKeys: slice.map((chunk) => chunk.objectKey),
-            compressed: slice.map((chunk) => chunk.compressed),
-            rebuiltFrom: slice.map((chunk) => chunk.rebuiltFrom ?? null),
-            compressionLevel: codec.compressionLevel,
-            dataKey: codec.dataKey,
-            output: output.subarray(outputAt(first), outputAt(end)),
-          } satisfies IngestRequest);
-        }),
-      );
-    } finally {
-      this.sharedBuffers.give(staging);
-    }
+    // Every slice is waited for, even after one fails: none may still write into `output` once it is
+    // given back (another batch's objects would be overwritten).
+    const settled = await Promise.allSettled(
+      slices.map(({ first, end }) => {
+        const slice = chunks.slice(first, end);
+        return this.pool.run({
+          kind: 'ingest',
+          payloads,
+          at: at.slice(first, end),
+          payloadLengths: slice.map((chunk) => chunk.payload.length),
+          hashHexes: slice.map((chunk) => chunk.hashHex),
+          objectKeys: slice.map((chunk) => chunk.objectKey),
+          compressed: slice.map((chunk) => chunk.compressed),
+          rebuiltFrom: slice.map((chunk) => chunk.rebuiltFrom ?? null),
+          compressionLevel: codec.compressionLevel,
+          dataKey: codec.dataKey,
+          output: output.subarray(outputAt(first), outputAt(end)),
+        } satisfies IngestRequest);
+      }),
+    );
     const failed = settled.find((result) => result.status === 'rejected');
-    if (failed) {
-      this.sharedBuffers.give(output);
-      throw failed.reason;
-    }
+    // After a failure both buffers are dropped: a pool that broke (a worker died, or it was closed)
+    // fails every request at once, while the workers still alive may be writing into them.
+    if (failed) throw failed.reason;
+    this.sharedBuffers.give(staging);
     const results = settled.map((result) => (result as PromiseFulfilledResult<ChunkCodecResult>).value);
     const objects: Uint8Array[][] = [];
     slices.forEach(({ first }, slice) => {
@@ -201,6 +200,24 @@ export async function closeSharedChunkCodecPool(): Promise<void> {
   const pool = shared;
   shared = null;
   await pool?.close();
+}
+
+/**
+ * The most bytes an upload's stored object can take: its payload, or the chunk a zstd frame inflates to
+ * when that is larger (a store that does not compress keeps the inflated chunk), plus the object's
+ * header, nonce and tag. A frame whose header cannot be read is refused by the worker before anything
+ * is written for it.
+ */
+function objectBound(chunk: IngestInput): number {
+  let content = chunk.payload.length;
+  if (chunk.compressed) {
+    try {
+      content = Math.max(content, zstdFrameContentSize(chunk.payload, 'uploaded chunk'));
+    } catch {
+      // refused by the worker, with the message the event loop would give
+    }
+  }
+  return content + MAX_OBJECT_OVERHEAD;
 }
 
 /** Smallest slice of a batch worth a worker of its own (a message costs about what 1 MiB of work does). */

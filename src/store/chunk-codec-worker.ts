@@ -51,8 +51,8 @@ export interface IngestRequest {
   dataKey: Uint8Array | null;
   /**
    * Where the objects go, back to back from its start: a view of a SharedArrayBuffer the caller owns
-   * (no buffer is made per batch and moved back, to die in the caller's heap), at least the payloads'
-   * bytes plus MAX_OBJECT_OVERHEAD per chunk (an object is never larger).
+   * (no buffer is made per batch and moved back, to die in the caller's heap), with room for every
+   * object: per chunk, the larger of its payload and the chunk, plus MAX_OBJECT_OVERHEAD.
    */
   output: Uint8Array;
 }

@@ -45,8 +45,8 @@ const HEADER_LENGTH = 4;
 const NONCE_LENGTH = 12;
 const TAG_LENGTH = 16;
 /**
- * Most bytes a stored object adds to its payload (the chunk, or a zstd frame of it no larger): header,
- * nonce and tag. Callers that write objects into buffers of their own size them with it.
+ * Most bytes a stored object adds to what it stores (the chunk, or a zstd frame of it no larger than
+ * the chunk): header, nonce and tag. Callers that write objects into buffers of their own size them with it.
  */
 export const MAX_OBJECT_OVERHEAD = HEADER_LENGTH + NONCE_LENGTH + TAG_LENGTH;
 

@@ -325,17 +325,15 @@ export class ChunkStore {
       const read = pool.takeShared(total);
       basesBuffer = read;
       // The stored bases are read into a reused buffer too (those that do not fit into fresh ones):
-      // an incremental cycle reads thousands of them, and a fresh buffer for each, garbage once decoded,
-      // piled up faster than V8 collected it (160 MB of ArrayBuffers in a measured 2 GiB cycle).
+      // an incremental cycle reads thousands of them, and a fresh buffer for each is garbage as soon
+      // as it is decoded, freed only when V8 next collects.
       const objects = pool.takeShared(total);
-      try {
-        await this.readChunksInto(baseNames, read, offsets, lengths, objects);
-      } finally {
-        pool.giveShared(objects); // readChunksInto settled: nothing reads it any more
-      }
+      await this.readChunksInto(baseNames, read, offsets, lengths, objects);
+      pool.giveShared(objects); // read and decoded: nothing reads it any more
       baseNames.forEach((name, position) => bases.set(name, read.subarray(offsets[position]!, offsets[position]! + lengths[position]!)));
     } catch (error) {
-      if (basesBuffer) pool.giveShared(basesBuffer); // readChunksInto settled: nothing writes into it
+      // `basesBuffer` (and the objects' buffer) are dropped, not reused: if the pool broke, a worker
+      // still alive may be writing into them.
       if (!(error instanceof FerryError) || (error.code !== 'not-found' && error.code !== 'corrupt-data')) throw error;
       const base = typeof error.details?.hash === 'string' ? error.details.hash : null;
       const upload = deltas.find((each) => each.delta.baseHashHex === base) ?? deltas[0]!;

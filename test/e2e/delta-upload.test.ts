@@ -18,7 +18,7 @@ import type { AddressInfo } from 'node:net';
 import { BlockFingerprints } from '../../src/agent/block-fingerprints.js';
 import { decodeChunkBatch } from '../../src/protocol/chunk-batch.js';
 import { DiskIndex } from '../../src/store/disk-index.js';
-import { connectAgent, ferryJson, restoresIdentical, startServer, tempDir, type TestServer } from './harness.js';
+import { connectAgent, defer, ferryJson, restoresIdentical, startServer, tempDir, type TestServer } from './harness.js';
 
 const BLOCK = 4096;
 const CHUNK = 64 * 1024;
@@ -144,7 +144,7 @@ test('a delta whose base the store lost, and one a fingerprint collision made wr
  * A proxy on 127.0.0.1 in front of `target` that forwards every request as it is and hands each chunk
  * batch's body (POST /api/v1/chunks) to `onBatch` first.
  */
-async function recordingProxy(t: Parameters<typeof tempDir>[0], target: string, onBatch: (body: Buffer) => void): Promise<string> {
+async function recordingProxy(t: Parameters<typeof defer>[0], target: string, onBatch: (body: Buffer) => void): Promise<string> {
   const upstream = new URL(target);
   const proxy = http.createServer((request, response) => {
     const parts: Buffer[] = [];
@@ -161,7 +161,10 @@ async function recordingProxy(t: Parameters<typeof tempDir>[0], target: string, 
     });
   });
   await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise<void>((resolve) => proxy.close(() => resolve())));
+  defer(t, () => new Promise<void>((resolve) => {
+    proxy.close(() => resolve());
+    proxy.closeAllConnections(); // an agent still connected must not hold the test open
+  }));
   return `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
 }
 

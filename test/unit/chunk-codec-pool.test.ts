@@ -141,6 +141,23 @@ describe('ChunkCodecPool', () => {
     assert.ok(memories.size <= 2, `objects came back in ${memories.size} buffers over 5 batches`);
   });
 
+  test('compressed uploads to a store that does not compress: each object is the inflated chunk, far larger than its upload, and fits', async (t) => {
+    const pool = new ChunkCodecPool(2);
+    t.after(() => pool.close());
+    // Text compresses about tenfold: objects ten times their payloads, in a batch large enough for two slices.
+    const chunks = Array.from({ length: 48 }, (_, position) => textChunk(`uncompressed-store-${position}`));
+    const uploads = chunks.map((chunk) => {
+      const hashHex = hashChunk(chunk).toString('hex');
+      return { hashHex, payload: compressChunk(chunk, 1)!, compressed: true, objectKey: chunkKey(hashHex) };
+    });
+    assert.ok(uploads.every((upload) => upload.payload.length * 4 < 65536), 'the uploads are much smaller than their chunks');
+    for (const codec of [PLAIN_CODEC, { compressionLevel: null, dataKey: randomBytes(32) }]) {
+      const { objects, release } = await pool.ingest(uploads, codec);
+      objects.forEach((parts, position) => assert.deepEqual(decodeChunkObject(Buffer.concat(parts), uploads[position]!.objectKey, codec), chunks[position]));
+      release();
+    }
+  });
+
   test('sliceBatch: consecutive runs of about equal bytes, at most one per worker, none for less than 1 MiB', () => {
     const chunk = 65536;
     assert.deepEqual(sliceBatch(Array(128).fill(chunk), 2), [{ first: 0, end: 64 }, { first: 64, end: 128 }]);

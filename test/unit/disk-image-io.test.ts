@@ -217,7 +217,21 @@ describe('disk image I/O: ImageFileWriter', () => {
     const directory = await tempDirFor(t, 'ferry-image-io-');
     const file = path.join(directory, 'direct-writer.img');
     const handle = await fs.open(file, 'wx');
-    const writer = await DirectWriter.open(handle, file);
+    // What goes the ordinary way is recorded (the real handle still writes it): everything else went direct.
+    const ordinary: [number, number][] = [];
+    const recording = new Proxy(handle, {
+      get(target, property) {
+        if (property === 'writev') {
+          return (buffers: Uint8Array[], position: number) => {
+            ordinary.push([position, buffers.reduce((total, buffer) => total + buffer.length, 0)]);
+            return target.writev(buffers, position);
+          };
+        }
+        const value = Reflect.get(target, property) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const writer = await DirectWriter.open(recording, file);
     const expected = Buffer.alloc(2 * MiB);
     try {
       // The test directory's file system allows O_DIRECT on this machine (CI's too): if it did not, this
@@ -225,18 +239,25 @@ describe('disk image I/O: ImageFileWriter', () => {
       assert.ok(writer.writesDirect, `${directory} refuses O_DIRECT`);
       const memory = alignedSharedBuffer(2 * MiB);
       randomBytes(2 * MiB).copy(memory);
-      const writes: [number, Buffer][] = [
+      const writes: [number, Uint8Array][] = [
         [0, memory.subarray(0, 256 * KiB)], // aligned everything: direct
         [256 * KiB, memory.subarray(256 * KiB, 512 * KiB + 100)], // aligned start, unaligned tail: both ways
         [768 * KiB + 512, memory.subarray(768 * KiB + 512, 772 * KiB + 512)], // unaligned offset: ordinary
-        [MiB, Buffer.from(randomBytes(64 * KiB + 1).subarray(1))], // memory at an odd address: ordinary, not an EINVAL that turns direct off
-        [MiB + 128 * KiB, memory.subarray(MiB + 128 * KiB, 2 * MiB)], // aligned again: still direct
+        [MiB, memory.subarray(MiB + 1, MiB + 1 + 64 * KiB)], // memory at an odd address: ordinary, not an EINVAL that turns direct off
+        [MiB + 128 * KiB, randomBytes(64 * KiB)], // memory not known to be aligned: ordinary
+        [MiB + 256 * KiB, memory.subarray(MiB + 256 * KiB, 2 * MiB)], // aligned again: still direct
       ];
       for (const [position, data] of writes) {
         await writer.write(data, position);
-        data.copy(expected, position);
+        expected.set(data, position);
       }
       assert.ok(writer.writesDirect, 'no direct write was refused');
+      assert.deepEqual(ordinary, [
+        [512 * KiB, 100],
+        [768 * KiB + 512, 4 * KiB],
+        [MiB, 64 * KiB],
+        [MiB + 128 * KiB, 64 * KiB],
+      ]);
       await writer.close();
       await writer.close(); // twice is harmless
       await handle.sync();
