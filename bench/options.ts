@@ -41,6 +41,8 @@ export interface BenchOptions {
   seed: number;
   /** The `ferry` entry point to benchmark (bin/ferry.js of this repository unless --ferry). */
   ferryBin: string;
+  /** Times each conversion pair of scenario 6 is timed (each tool), the median reported. */
+  conversionRuns: number;
 }
 
 const USAGE = `usage: npm run bench -- [options]
@@ -58,6 +60,8 @@ const USAGE = `usage: npm run bench -- [options]
   --no-drop-caches      do not drop the page cache before each timed step
   --seed <n>            seed of the generated files and changes (default 1)
   --ferry <path>        ferry entry point to benchmark (default: bin/ferry.js of this repo)
+  --conversion-runs <n> times each conversion pair of scenario 6 is timed, per tool; the median
+                        counts (default 3)
 `;
 
 /** Parses "2G", "256M", "512MiB", "1048576" into bytes. */
@@ -92,6 +96,7 @@ export function parseOptions(argv: string[]): BenchOptions | 'help' {
     dropCaches: true,
     seed: 1,
     ferryBin: path.join(repo, 'bin', 'ferry.js'),
+    conversionRuns: 3,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
@@ -146,6 +151,9 @@ export function parseOptions(argv: string[]): BenchOptions | 'help' {
         break;
       case '--ferry':
         options.ferryBin = path.resolve(value());
+        break;
+      case '--conversion-runs':
+        options.conversionRuns = positive('--conversion-runs', value());
         break;
       default:
         throw new Error(`unknown option ${flag}\n\n${USAGE}`);

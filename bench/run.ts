@@ -443,7 +443,7 @@ async function main(): Promise<void> {
   try {
     if (opts.only.has(6)) {
       say(`scenario 6: ${SCENARIOS[6]}`);
-      const { table, results: conversions } = await runConversionBenchmark({ baseImage: base, workDir: work, ferryBin: opts.ferryBin, say, dropCachesBetween: coldReads });
+      const { table, results: conversions } = await runConversionBenchmark({ baseImage: base, workDir: work, ferryBin: opts.ferryBin, say, dropCachesBetween: coldReads, runs: opts.conversionRuns });
       m.conversion = conversions;
       print(table);
     }
