@@ -131,7 +131,6 @@ export class ChunkCodecPool {
     const regionAt = [0];
     for (const chunk of chunks) regionAt.push(regionAt.at(-1)! + objectBound(chunk));
     const output = this.sharedBuffers.take(regionAt.at(-1)!);
-    const outputAt = (position: number) => regionAt[position]!;
     // A batch is cut into one slice per worker (slices of at least INGEST_SLICE_MIN_BYTES), so one
     // batch uses every core: a batch's latency is what holds an agent's next upload back.
     const slices = sliceBatch(chunks.map((chunk) => chunk.payload.length), this.size);
@@ -151,7 +150,7 @@ export class ChunkCodecPool {
           rebuiltFrom: slice.map((chunk) => chunk.rebuiltFrom ?? null),
           compressionLevel: codec.compressionLevel,
           dataKey: codec.dataKey,
-          output: output.subarray(outputAt(first), outputAt(end)),
+          output: output.subarray(regionAt[first], regionAt[end]),
         } satisfies IngestRequest);
       }),
     );
@@ -165,7 +164,7 @@ export class ChunkCodecPool {
     slices.forEach(({ first }, slice) => {
       const result = results[slice]!;
       if (result.kind !== 'ingest') throw new FerryError('internal', 'chunk codec worker answered an ingest with a decode');
-      let objectAt = outputAt(first);
+      let objectAt = regionAt[first]!;
       result.objectLengths.forEach((length, offset) => {
         const plain = result.asUploaded[offset]!;
         if (plain === ChunkCodec.None || plain === ChunkCodec.Zstd) {
@@ -176,7 +175,14 @@ export class ChunkCodecPool {
         objectAt += length;
       });
     });
-    return { objects, release: () => this.sharedBuffers.give(output) };
+    // Given back once however often `release` is called: given twice, two batches would share it.
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.sharedBuffers.give(output);
+    };
+    return { objects, release };
   }
 
   /** Stops the workers; calls still waiting fail. */

@@ -136,6 +136,7 @@ describe('ChunkCodecPool', () => {
         assert.deepEqual(decodeChunkObject(Buffer.from(parts[0]!), uploads[position]!.objectKey, ENCRYPTED), chunks[position]);
       });
       release();
+      release(); // a second release gives nothing back twice
     }
     // Five batches, two buffers taking turns (payloads out, objects back): reused, not made anew.
     assert.ok(memories.size <= 2, `objects came back in ${memories.size} buffers over 5 batches`);
