@@ -15,10 +15,10 @@
  * block size): buffers come from `alignedBuffers` or `alignedSharedBuffer` (WebAssembly memory, which is
  * page-aligned), and only reads and writes at offsets that are multiples of `DIRECT_ALIGNMENT`, from
  * such memory, go direct (a read's length is rounded up to a multiple: the file's end gives a short
- * read; a write's whole blocks go direct and an unaligned tail the ordinary way). Everything else, and everything on a file
- * system that refuses O_DIRECT (at open, or with EINVAL later), goes through an ordinary handle to the
- * same file: the same bytes, only slower. Durability is unchanged: an fsync of the file covers what was
- * written either way.
+ * read; a write's whole blocks go direct and an unaligned tail the ordinary way). Everything else, and
+ * everything on a file system that refuses O_DIRECT (at open, or with EINVAL later), goes through an
+ * ordinary handle to the same file: the same bytes, only slower. Durability is unchanged: an fsync of
+ * the file covers what was written either way.
  */
 import { constants, promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
@@ -89,9 +89,10 @@ function alignedInMemory(view: Uint8Array): boolean {
  * writes the whole DIRECT_ALIGNMENT blocks of `bytes` direct (O_DIRECT) when `position` is a multiple of
  * DIRECT_ALIGNMENT and `bytes` is memory from `alignedBuffers` or `alignedSharedBuffer` (or a view of it
  * at an aligned offset), and the rest (an unaligned tail, or all) through the ordinary `handle`; so does
- * every write once the kernel has refused a direct one (EINVAL: the file system wants another alignment). Either way the
- * bytes land at `position`, and an fsync of `handle` makes them durable (see the header). The caller owns
- * `handle`; `close()` closes only the O_DIRECT one. Errors other than that EINVAL are the system's, as they are.
+ * every write once the kernel has refused a direct one (EINVAL: the file system wants another
+ * alignment). Either way the bytes land at `position`, and an fsync of `handle` makes them durable (see
+ * the header). The caller owns `handle`; `close()` closes only the O_DIRECT one. Errors other than that
+ * EINVAL are the system's, as they are.
  */
 export class DirectWriter {
   /** False once the kernel refused a direct write; the handle stays open until `close()` (other writes may be using it). */
@@ -128,7 +129,7 @@ export class DirectWriter {
         at += bytesWritten;
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
-        this.directAllowed = false; // not for this file system (or this memory): write as usual from now on
+        this.directAllowed = false; // not for this file system: write as usual from now on
       }
     }
     if (rest.length > 0) await writeAllAt(this.handle, [rest], at);
