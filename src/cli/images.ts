@@ -4,10 +4,11 @@
  * Ferry knows: see docs/disk-formats.md).
  */
 import type { Command } from 'commander';
-import { convertImage } from '../disks/convert.js';
-import { openDiskImage, spansOneFile } from '../disks/formats.js';
 import { CliContext } from './context.js';
 import { formatBytes, printFields } from './output.js';
+
+/** The image formats are loaded only when an image command runs: they would slow every other command's start. */
+const imageFormats = () => import('../disks/formats.js');
 
 export function registerImageCommands(program: Command): void {
   const image = program.command('image').description('disk images (raw, vhd, vhdx, vmdk, qcow2), locally');
@@ -16,6 +17,7 @@ export function registerImageCommands(program: Command): void {
     .description("an image's format, virtual size and how much of it holds data")
     .action(async (imagePath: string, _options: unknown, command: Command) => {
       const cli = CliContext.of(command);
+      const { openDiskImage, spansOneFile } = await imageFormats();
       const reader = await openDiskImage(imagePath);
       try {
         let dataBytes = 0;
@@ -39,6 +41,7 @@ export function registerImageCommands(program: Command): void {
     .requiredOption('--format <format>', 'raw, vhd, vhd:fixed, vhdx, vmdk (streamOptimized), qcow2, qcow2:v3-compressed')
     .action(async (source: string, target: string, options: { format: string }, command: Command) => {
       const cli = CliContext.of(command);
+      const { convertImage } = await import('../disks/convert.js');
       const result = await convertImage(source, target, options.format);
       cli.print(result, () =>
         console.log(`${source} (${result.source.format} ${result.source.subformat}, ${formatBytes(result.source.size)}) -> ${target} (${result.target.format} ${result.target.subformat}, ${formatBytes(result.target.bytesOnDisk)} on disk)`),

@@ -2,6 +2,7 @@
  * The `ferry` command line. Each group of commands lives in its own file and only parses flags,
  * calls the API and prints; errors are turned into a one-line reason and an exit code here, once.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { asFerryError, exitCodeOf, FerryError } from '../errors.js';
 import { registerAdminCommands } from './admin.js';
@@ -14,6 +15,12 @@ import { registerPlanCommands } from './plans.js';
 import { registerPointCommands } from './points.js';
 import { registerStoreCommands } from './store.js';
 
+/** Ferry's version: package.json's, read from beside the compiled (dist/cli) or source (src/cli) tree. */
+export function ferryVersion(): string {
+  const packageJson = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return packageJson.version;
+}
+
 /** Builds the command tree (exported for tests and docs). */
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -21,6 +28,7 @@ export function buildProgram(): Command {
     .option('--server <url>', 'Ferry server URL (env FERRY_SERVER; default: the local data dir\'s server, else http://127.0.0.1:7300)')
     .option('--token <token>', 'API token (env FERRY_TOKEN; default: the local data dir\'s admin.token)')
     .option('--json', 'print one JSON document instead of text')
+    .version(ferryVersion(), '-V, --version', "print Ferry's version")
     .showHelpAfterError()
     .exitOverride();
   registerDaemonCommands(program);

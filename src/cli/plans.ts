@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { FerryError } from '../errors.js';
-import { type CreatePlanRequest, createPlanRequest, describeAction, type PlanGroup, type PlanOperationView, type PlanRunView, type PlanView, parseActionSpec } from '../protocol/plans.js';
+import type { CreatePlanRequest, PlanAction, PlanGroup, PlanOperationView, PlanRunView, PlanView } from '../protocol/plans.js';
 import type { JobView } from '../protocol/views.js';
 import { sleep } from '../util/time.js';
 import { CliContext } from './context.js';
@@ -14,8 +14,15 @@ import { formatAge, printFields, printTable } from './output.js';
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
+/**
+ * The plan schemas (protocol/plans.ts), loaded only when a plan command needs them: zod takes about
+ * 60 ms to load, which every other command (`ferry image convert` among them) would pay at start-up.
+ */
+const planProtocol = () => import('../protocol/plans.js');
+
 /** The plan `ferry plan create` describes, validated like the server validates it (invalid-request naming the field). */
 export async function planFromOptions(name: string, options: { file?: string; group: string[]; before: string[]; after: string[]; description?: string }): Promise<CreatePlanRequest> {
+  const { createPlanRequest, parseActionSpec } = await planProtocol();
   let body: Record<string, unknown>;
   if (options.file) {
     if (options.group.length || options.before.length || options.after.length) {
@@ -57,7 +64,7 @@ export async function planFromOptions(name: string, options: { file?: string; gr
   return parsed.data;
 }
 
-function printPlan(plan: PlanView): void {
+function printPlan(plan: PlanView, describeAction: (action: PlanAction) => string): void {
   printFields([
     ['plan', plan.name],
     ['description', plan.description || null],
@@ -146,7 +153,8 @@ export function registerPlanCommands(program: Command): void {
     .action(async (name: string, options: { group: string[]; before: string[]; after: string[]; description?: string; file?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const created = await cli.client.post<PlanView>('/plans', await planFromOptions(name, options));
-      cli.print(created, printPlan);
+      const { describeAction } = await planProtocol();
+      cli.print(created, (view) => printPlan(view, describeAction));
     });
 
   plan
@@ -169,7 +177,8 @@ export function registerPlanCommands(program: Command): void {
     .description('a plan, its groups and actions, and the steps of its last run')
     .action(async (name: string, _options: unknown, command: Command) => {
       const cli = CliContext.of(command);
-      cli.print(await cli.client.get<PlanView>(`/plans/${encodeURIComponent(name)}`), printPlan);
+      const { describeAction } = await planProtocol();
+      cli.print(await cli.client.get<PlanView>(`/plans/${encodeURIComponent(name)}`), (view) => printPlan(view, describeAction));
     });
 
   plan

@@ -4,6 +4,7 @@
  * which beat the local data directory's server.json/admin.token.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { connectAgent, ext4Disk, ferry, ferryJson, freePort, startServer, tempDir } from './harness.js';
@@ -59,6 +60,9 @@ test('read commands print one JSON document; errors map to exit codes with one l
   const help = await ferry(null, ['--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /failover/);
+  const version = await ferry(null, ['--version']);
+  assert.equal(version.code, 0);
+  assert.equal(version.stdout.trim(), JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')).version);
 });
 
 test('server and token come from flags, then environment, then the local data directory', async (t) => {

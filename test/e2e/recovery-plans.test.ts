@@ -50,6 +50,9 @@ test('a plan of three groups: test failover in group order, manual step across a
     '--before', '3:script:30:if [ "$FERRY_OPERATION" = cleanup ]; then echo nothing to stop; else echo stopping the database failed >&2; exit 3; fi',
   ]);
   assert.deepEqual(created.groups.map((group) => [group.machines, group.before.length, group.after.length]), [[['web-01'], 0, 1], [['app-01'], 1, 1], [['db-01'], 1, 0]]);
+  const shown = await ferry(server, ['plan', 'show', 'dr']);
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, /^  2\. app-01\n {7}before: manual: Check that web-01 answers on the test network\n {7}after: {2}script `echo smoke test failed >&2; exit 1` \(timeout 30s, continue on error\)$/m);
   const listed = await ferry(server, ['plan', 'list']);
   assert.match(listed.stdout, /^NAME\s+GROUPS\s+MACHINES\s+LAST RUN\ndr\s+3\s+3\s+-\n$/);
 
