@@ -12,6 +12,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { ferryCommand } from './ferry-cluster.js';
 import { dropCaches, fsyncFile, run, timed } from './measure.js';
 import { formatSeconds, median, ratio, type ScenarioTable } from './report.js';
 
@@ -77,7 +78,8 @@ export async function runConversionBenchmark(options: {
         const timeFerry = async () => {
           await fs.rm(ferryOut, { force: true });
           await cold();
-          ferryRuns.push((await timed(() => run(process.execPath, [options.ferryBin, 'image', 'convert', sourceImage, ferryOut, '--format', target.ferry, '--json']))).seconds);
+          const convert = ferryCommand(options.ferryBin, ['image', 'convert', sourceImage, ferryOut, '--format', target.ferry, '--json']);
+          ferryRuns.push((await timed(() => run(convert.file, convert.args))).seconds);
         };
         const timeQemu = async () => {
           await fs.rm(qemuOut, { force: true });

@@ -1,8 +1,8 @@
 /**
  * A real Ferry installation for the benchmark: `ferry server` and `ferry agent` as child processes of
- * the chosen bin/ferry.js, each with its own data directory under the work dir, driven through the
- * CLI (`--json`) as an operator would. Polling that must not cost CPU (status every second) uses the
- * HTTP API directly instead of starting a CLI process each time.
+ * the chosen `ferry` command (bin/ferry, as an operator runs it), each with its own data directory
+ * under the work dir, driven through the CLI (`--json`) as an operator would. Polling that must not
+ * cost CPU (status every second) uses the HTTP API directly instead of starting a CLI process each time.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
@@ -15,9 +15,19 @@ interface Daemon {
   exited: Promise<void>;
 }
 
+/**
+ * How to run the Ferry command at `ferryBin`: the `bin/ferry` launcher as it is (it sets glibc's malloc
+ * up and execs node, so the process it starts is the node process whose memory is measured); a `.js`
+ * entry (an older build's bin/ferry.js) under this node.
+ */
+export function ferryCommand(ferryBin: string, args: readonly string[]): { file: string; args: string[] } {
+  return ferryBin.endsWith('.js') ? { file: process.execPath, args: [ferryBin, ...args] } : { file: ferryBin, args: [...args] };
+}
+
 function startDaemon(ferryBin: string, args: string[], logPath: string): Daemon {
   const log = createWriteStream(logPath, { flags: 'a' });
-  const child = spawn(process.execPath, [ferryBin, ...args], { env: { ...process.env, FERRY_DATA_DIR: '/nonexistent-ferry-data' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const command = ferryCommand(ferryBin, args);
+  const child = spawn(command.file, command.args, { env: { ...process.env, FERRY_DATA_DIR: '/nonexistent-ferry-data' }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
   return { process: child, exited: new Promise((resolve) => child.once('exit', () => resolve())) };
@@ -93,7 +103,8 @@ export class FerryCluster {
 
   /** Runs `ferry ARGS --json` against this server and returns the parsed output; throws on failure. */
   async cli<T = any>(args: string[]): Promise<T> {
-    const { stdout } = await run(process.execPath, [this.ferryBin, ...args, '--json'], {
+    const command = ferryCommand(this.ferryBin, [...args, '--json']);
+    const { stdout } = await run(command.file, command.args, {
       env: { ...process.env, FERRY_SERVER: this.url, FERRY_TOKEN: this.adminToken, FERRY_DATA_DIR: '/nonexistent-ferry-data' },
     });
     return JSON.parse(stdout) as T;
@@ -114,7 +125,7 @@ export class FerryCluster {
     return this.agent!.process.pid!;
   }
 
-  /** The pids of the server and agent node processes (spawned as node itself, no shell in between). */
+  /** The pids of the server and agent node processes (the launcher execs node: no shell stays in between). */
   get pids(): { server: number; agent: number } {
     return { server: this.serverPid, agent: this.agentPid };
   }

@@ -39,7 +39,7 @@ export interface BenchOptions {
   keep: boolean;
   dropCaches: boolean;
   seed: number;
-  /** The `ferry` entry point to benchmark (bin/ferry.js of this repository unless --ferry). */
+  /** The `ferry` command to benchmark (bin/ferry of this repository unless --ferry; see `ferryCommand`). */
   ferryBin: string;
   /** Times each conversion pair of scenario 6 is timed (each tool), the median reported. */
   conversionRuns: number;
@@ -59,7 +59,8 @@ const USAGE = `usage: npm run bench -- [options]
   --keep                keep the work dir (otherwise only results and logs are kept)
   --no-drop-caches      do not drop the page cache before each timed step
   --seed <n>            seed of the generated files and changes (default 1)
-  --ferry <path>        ferry entry point to benchmark (default: bin/ferry.js of this repo)
+  --ferry <path>        ferry command to benchmark (default: bin/ferry of this repo; a .js entry
+                        such as an older build's bin/ferry.js is run under node)
   --conversion-runs <n> times each conversion pair of scenario 6 is timed, per tool; the median
                         counts (default 3)
 `;
@@ -95,7 +96,7 @@ export function parseOptions(argv: string[]): BenchOptions | 'help' {
     keep: false,
     dropCaches: true,
     seed: 1,
-    ferryBin: path.join(repo, 'bin', 'ferry.js'),
+    ferryBin: path.join(repo, 'bin', 'ferry'),
     conversionRuns: 3,
   };
   for (let i = 0; i < argv.length; i++) {

@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// Entry point of the `ferry` command: runs the compiled CLI (built by `npm install` via the prepare script).
+// The node entry of the `ferry` command: runs the compiled CLI (built by `npm install` via the prepare script).
+// `bin/ferry` (the command npm installs) sets glibc's malloc up for a daemon and runs this in its own
+// process; `node bin/ferry.js` runs the same CLI without that tuning.
 // File system calls (writes, fsyncs of many chunks at once) run on libuv's thread pool: four threads,
 // the default, would serialise them. Set before anything uses the pool.
 process.env.UV_THREADPOOL_SIZE ??= '32';

@@ -4,10 +4,12 @@
  * which beat the local data directory's server.json/admin.token.
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { readFile, readlink, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { connectAgent, ext4Disk, ferry, ferryJson, freePort, startServer, tempDir } from './harness.js';
+import { promisify } from 'node:util';
+import { connectAgent, ext4Disk, ferry, ferryJson, ferryLauncher, freePort, startServer, tempDir } from './harness.js';
 
 test('read commands print one JSON document; errors map to exit codes with one line', async (t) => {
   const root = await tempDir(t);
@@ -92,4 +94,26 @@ test('server and token come from flags, then environment, then the local data di
   const agentOnAdmin = await ferry(server, ['status'], { FERRY_TOKEN: agentToken.token });
   assert.equal(agentOnAdmin.code, 4);
   assert.match(agentOnAdmin.stderr, /agent token may not call GET/);
+});
+
+test('the ferry launcher execs node on the CLI with glibc malloc tuned for a daemon, keeping what the caller set', async (t) => {
+  const root = await tempDir(t);
+  const environOf = async (pid: number) => new Map((await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0').filter(Boolean).map((entry) => [entry.slice(0, entry.indexOf('=')), entry.slice(entry.indexOf('=') + 1)]));
+
+  // The harness starts daemons through bin/ferry: the child it spawned is node itself (exec, no shell left).
+  const server = await startServer(t, path.join(root, 'tuned'));
+  assert.match(path.basename(await readlink(`/proc/${server.process.pid}/exe`)), /^node/);
+  const tuned = await environOf(server.process.pid!);
+  assert.equal(tuned.get('MALLOC_MMAP_THRESHOLD_'), process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072');
+  assert.equal(tuned.get('MALLOC_ARENA_MAX'), process.env.MALLOC_ARENA_MAX ?? '2');
+  const chosen = await startServer(t, path.join(root, 'chosen'), { env: { MALLOC_ARENA_MAX: '4', MALLOC_MMAP_THRESHOLD_: '65536' } });
+  const kept = await environOf(chosen.process.pid!);
+  assert.deepEqual([kept.get('MALLOC_ARENA_MAX'), kept.get('MALLOC_MMAP_THRESHOLD_')], ['4', '65536']);
+
+  // Run through a symlink, as npm links it into node_modules/.bin: arguments and exit codes pass through.
+  const linked = path.join(root, 'ferry');
+  await symlink(ferryLauncher, linked);
+  const version = await promisify(execFile)(linked, ['--version']);
+  assert.equal(version.stdout.trim(), JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')).version);
+  await assert.rejects(promisify(execFile)(linked, ['frobnicate']), (error: { code?: number }) => error.code === 2);
 });

@@ -20,6 +20,8 @@ const run = promisify(execFile);
 
 /** Absolute path of bin/ferry.js. */
 export const ferryBin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'ferry.js');
+/** The `ferry` command as installed (a shell launcher that sets malloc up and execs node on ferry.js): daemons run through it. */
+export const ferryLauncher = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'ferry');
 
 const cleanupStacks = new WeakMap<TestContext, (() => Promise<unknown> | unknown)[]>();
 
@@ -78,7 +80,8 @@ export interface Daemon {
 
 function startDaemon(t: TestContext, args: string[], logPath: string, env: Record<string, string> = {}): Daemon {
   const log = createWriteStream(logPath, { flags: 'a' });
-  const child = spawn(process.execPath, [ferryBin, ...args], { env: { ...process.env, FERRY_LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Through the launcher, as an operator runs them; it execs node, so the child's pid is the daemon's.
+  const child = spawn(ferryLauncher, args, { env: { ...process.env, FERRY_LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
