@@ -126,7 +126,7 @@ export async function runConversionBenchmark(options: {
     notes: [
       `${passing} of ${results.length} pairs at 0.8x qemu-img or better.`,
       `each pair timed ${options.runs} time(s) per tool, the tools taking turns at going first; the medians are compared (every run is in bench-results.json).`,
-      'Ferry is timed as the CLI an operator runs (`ferry image convert`, including Node start-up, about 0.2 s); both outputs are fsynced before the clock stops.',
+      'Ferry is timed as the CLI an operator runs (`ferry image convert`, through bin/ferry, including Node start-up, about 0.1 s); both outputs are fsynced before the clock stops.',
       'VHDX targets use 1 MiB blocks on both sides (Ferry\'s writer\'s block size); other options are each tool\'s defaults for the same subformat.',
     ],
   };
