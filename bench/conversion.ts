@@ -12,7 +12,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { ferryCommand } from './ferry-cluster.js';
+import { ferryCommand, ferryEnvironment } from './ferry-cluster.js';
 import { dropCaches, fsyncFile, run, timed } from './measure.js';
 import { formatSeconds, median, ratio, type ScenarioTable } from './report.js';
 
@@ -79,7 +79,7 @@ export async function runConversionBenchmark(options: {
           await fs.rm(ferryOut, { force: true });
           await cold();
           const convert = ferryCommand(options.ferryBin, ['image', 'convert', sourceImage, ferryOut, '--format', target.ferry, '--json']);
-          ferryRuns.push((await timed(() => run(convert.file, convert.args))).seconds);
+          ferryRuns.push((await timed(() => run(convert.file, convert.args, { env: ferryEnvironment }))).seconds);
         };
         const timeQemu = async () => {
           await fs.rm(qemuOut, { force: true });

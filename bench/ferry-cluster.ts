@@ -24,10 +24,16 @@ export function ferryCommand(ferryBin: string, args: readonly string[]): { file:
   return ferryBin.endsWith('.js') ? { file: process.execPath, args: [ferryBin, ...args] } : { file: ferryBin, args: [...args] };
 }
 
+/**
+ * The environment Ferry's processes run in: this one, with this node's directory first on PATH, since
+ * the launcher runs the first node on PATH (and the memory sampler checks the daemons run this node).
+ */
+export const ferryEnvironment: NodeJS.ProcessEnv = { ...process.env, PATH: [path.dirname(process.execPath), process.env.PATH].filter(Boolean).join(path.delimiter) };
+
 function startDaemon(ferryBin: string, args: string[], logPath: string): Daemon {
   const log = createWriteStream(logPath, { flags: 'a' });
   const command = ferryCommand(ferryBin, args);
-  const child = spawn(command.file, command.args, { env: { ...process.env, FERRY_DATA_DIR: '/nonexistent-ferry-data' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command.file, command.args, { env: { ...ferryEnvironment, FERRY_DATA_DIR: '/nonexistent-ferry-data' }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
   return { process: child, exited: new Promise((resolve) => child.once('exit', () => resolve())) };
@@ -105,7 +111,7 @@ export class FerryCluster {
   async cli<T = any>(args: string[]): Promise<T> {
     const command = ferryCommand(this.ferryBin, [...args, '--json']);
     const { stdout } = await run(command.file, command.args, {
-      env: { ...process.env, FERRY_SERVER: this.url, FERRY_TOKEN: this.adminToken, FERRY_DATA_DIR: '/nonexistent-ferry-data' },
+      env: { ...ferryEnvironment, FERRY_SERVER: this.url, FERRY_TOKEN: this.adminToken, FERRY_DATA_DIR: '/nonexistent-ferry-data' },
     });
     return JSON.parse(stdout) as T;
   }

@@ -10,7 +10,8 @@ import { FerryError } from '../errors.js';
 import { parseDuration } from '../util/duration.js';
 import { defaultDataDir } from './context.js';
 
-const ferryBin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'ferry.js');
+/** The `ferry` command (the launcher, bin/ferry) the demo starts its daemons with. */
+const ferryBin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'ferry');
 
 export function registerDemoCommands(program: Command): void {
   program

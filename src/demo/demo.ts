@@ -23,7 +23,7 @@ export interface DemoOptions {
   listen: string;
   /** Seconds between points of the demo policy. */
   intervalSeconds: number;
-  /** Path of bin/ferry.js, to start the child processes with. */
+  /** Path of the `ferry` command (bin/ferry, the launcher: see docs/architecture.md), to start the child processes with. */
   ferryBin: string;
 }
 
@@ -51,9 +51,11 @@ export async function runDemo(options: DemoOptions): Promise<void> {
   });
   process.on('SIGTERM', stopAll);
 
+  // The launcher runs the first node on PATH: make that this node, whatever PATH the demo was started with.
+  const childEnvironment = { ...process.env, PATH: [path.dirname(process.execPath), process.env.PATH].filter(Boolean).join(path.delimiter) };
   const ferry = (args: string[], logName: string, env: Record<string, string> = {}) => {
     const log = createWriteStream(path.join(logs, `${logName}.log`), { flags: 'a' });
-    const child = spawn(process.execPath, [options.ferryBin, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(options.ferryBin, args, { env: { ...childEnvironment, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
     child.on('exit', (code, signal) => {
@@ -91,7 +93,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       throw error.code === 'not-found' ? new FerryError('not-found', error.message, { retryable: true }) : error;
     }), { deadlineMs: 30_000 });
     const control = controlDirectory(path.join(demoDir, 'workload'), machine.name);
-    const hook = (action: string) => `'${process.execPath}' '${options.ferryBin}' demo-hook ${action} --dir '${control}'`;
+    const hook = (action: string) => `'${options.ferryBin}' demo-hook ${action} --dir '${control}'`;
     await admin.patch(`/machines/${machine.name}`, { prePointCommand: hook('pause'), postPointCommand: hook('resume'), hookTimeoutSeconds: 30 });
     if (view.state === 'unprotected') await admin.post(`/machines/${machine.name}/protect`, { site: 'recovery', policy: 'demo' });
   }

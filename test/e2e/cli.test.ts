@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFile, readlink, symlink } from 'node:fs/promises';
+import { mkdir, readFile, readlink, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
@@ -110,9 +110,12 @@ test('the ferry launcher execs node on the CLI with glibc malloc tuned for a dae
   const kept = await environOf(chosen.process.pid!);
   assert.deepEqual([kept.get('MALLOC_ARENA_MAX'), kept.get('MALLOC_MMAP_THRESHOLD_')], ['4', '65536']);
 
-  // Run through a symlink, as npm links it into node_modules/.bin: arguments and exit codes pass through.
-  const linked = path.join(root, 'ferry');
-  await symlink(ferryLauncher, linked);
+  // Run through a relative symlink in a directory with a space in its name, as npm links it into
+  // node_modules/.bin: arguments and exit codes pass through.
+  const binDirectory = path.join(root, 'node modules', '.bin');
+  await mkdir(binDirectory, { recursive: true });
+  const linked = path.join(binDirectory, 'ferry');
+  await symlink(path.relative(binDirectory, ferryLauncher), linked);
   const version = await promisify(execFile)(linked, ['--version']);
   assert.equal(version.stdout.trim(), JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')).version);
   await assert.rejects(promisify(execFile)(linked, ['frobnicate']), (error: { code?: number }) => error.code === 2);

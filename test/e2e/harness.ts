@@ -1,7 +1,8 @@
 /**
- * Test harness for whole-system tests: real `ferry` processes (server, agent, CLI) started from
- * bin/ferry.js (the built CLI, so `npm test` builds first), real HTTP on 127.0.0.1, real ext4 images
- * in a temporary directory that is removed afterwards. Every process a test starts is killed when the
+ * Test harness for whole-system tests: real `ferry` processes of the built CLI (so `npm test` builds
+ * first), daemons through bin/ferry (the launcher an operator runs), CLI commands as
+ * `node bin/ferry.js`; real HTTP on 127.0.0.1, real ext4 images in a temporary directory that is
+ * removed afterwards. Every process a test starts is killed when the
  * test ends, whatever happened.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
@@ -78,10 +79,13 @@ export interface Daemon {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
+/** The launcher runs the first node on PATH: make that the node running the tests. */
+const launcherEnvironment = { ...process.env, PATH: [path.dirname(process.execPath), process.env.PATH].filter(Boolean).join(path.delimiter) };
+
 function startDaemon(t: TestContext, args: string[], logPath: string, env: Record<string, string> = {}): Daemon {
   const log = createWriteStream(logPath, { flags: 'a' });
   // Through the launcher, as an operator runs them; it execs node, so the child's pid is the daemon's.
-  const child = spawn(ferryLauncher, args, { env: { ...process.env, FERRY_LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(ferryLauncher, args, { env: { ...launcherEnvironment, FERRY_LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
