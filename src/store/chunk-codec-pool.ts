@@ -17,11 +17,20 @@ import { ChunkCodec, MAX_OBJECT_OVERHEAD, type ObjectCodec, plainObjectHeader, z
 /** Size of an ingest staging buffer: an agent's usual batch (a window of 128 chunks, or a gathered 8 MiB) fits. */
 const STAGING_BYTES = 8 * 1024 * 1024 + 64 * 1024;
 /**
- * Staging buffers kept for reuse: a batch being stored holds up to three at once (its delta bases, its
- * payloads on their way to a worker, its encoded objects until their pack is written), and an agent
- * has a few batches under way.
+ * Upload batches the chunk store (`ChunkStore.putChunks`) stores at once in this process; the others
+ * wait their turn. Each holds up to three of this pool's shared buffers until its pack is written, and
+ * the pool keeps three per batch (STAGING_KEPT). With more batches at once the extra buffers were made
+ * fresh and dropped, 8 MiB each, freed only once every thread had collected: 40 fresh buffers in an
+ * initial replication and a minute of churn. Three keep the workers and the disk busy: one batch's pack
+ * is being fsynced while others are encoded.
  */
-const STAGING_KEPT = 8;
+export const BATCHES_IN_FLIGHT = 3;
+/**
+ * Staging buffers kept for reuse: a batch being stored holds up to three at once (its delta bases, its
+ * payloads on their way to a worker, its encoded objects until their pack is written), and the store
+ * stores BATCHES_IN_FLIGHT batches at once (chunk-store.ts).
+ */
+const STAGING_KEPT = 3 * BATCHES_IN_FLIGHT;
 
 /** One stored chunk object for `ChunkCodecPool.decode`: where it lies, what it must be, where it goes. */
 export interface ObjectToDecode {

@@ -21,11 +21,12 @@
  */
 import { createHash, createHmac } from 'node:crypto';
 import { FerryError } from '../errors.js';
+import { Semaphore } from '../util/semaphore.js';
 import type { StoreBackend } from './backend.js';
 import { type CatalogEntry, ChunkCatalog, type ChunkContainer } from './chunk-catalog.js';
 import { applyDelta, type ChunkDelta } from './chunk-delta.js';
 import { ingestChunkParts, type IngestInput } from './chunk-checks.js';
-import { type ChunkCodecPool, sharedChunkCodecPool } from './chunk-codec-pool.js';
+import { BATCHES_IN_FLIGHT, type ChunkCodecPool, sharedChunkCodecPool } from './chunk-codec-pool.js';
 import { hashChunk, isAllZero, isHashHex } from './chunking.js';
 import { decodeChunkObject, encodeChunkObject, plainObjectHeader } from './chunk-object.js';
 import { DiskIndex } from './disk-index.js';
@@ -107,6 +108,9 @@ export interface DeltaChunkToStore {
 
 /** A chunk as an upload brings it: whole, or as a delta the store resolves against its base. */
 export type ChunkUpload = ChunkToStore | DeltaChunkToStore;
+
+/** Upload batches being stored at once; the others wait their turn (see BATCHES_IN_FLIGHT). */
+const batchSlots = new Semaphore(BATCHES_IN_FLIGHT);
 
 /** Batches of at least this many payload bytes are checked and encoded in the codec pool, smaller ones inline. */
 const POOL_INGEST_MIN_BYTES = 256 * 1024;
@@ -221,12 +225,14 @@ export class ChunkStore {
    * received and how many newly stored.
    */
   async putChunks(uploads: readonly ChunkUpload[], gate: PresenceGate = (hashes) => this.touchChunks(hashes)): Promise<{ received: number; stored: number }> {
-    const { chunks, release } = await this.resolveDeltas(uploads);
-    try {
-      return await this.storeChunks(chunks, gate);
-    } finally {
-      release(); // stored (objects may refer to the rebuilt bytes until their pack is written)
-    }
+    return batchSlots.run(async () => {
+      const { chunks, release } = await this.resolveDeltas(uploads);
+      try {
+        return await this.storeChunks(chunks, gate);
+      } finally {
+        release(); // stored (objects may refer to the rebuilt bytes until their pack is written)
+      }
+    });
   }
 
   /** `putChunks` once every upload is a whole chunk. */

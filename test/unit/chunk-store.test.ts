@@ -10,6 +10,7 @@ import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type { StoreBackend } from '../../src/store/backend.js';
+import { BATCHES_IN_FLIGHT } from '../../src/store/chunk-codec-pool.js';
 import { ChunkStore, chunkKey, indexKey, type ChunkToStore } from '../../src/store/chunk-store.js';
 import { encodeChunkObject, PLAIN_CODEC } from '../../src/store/chunk-object.js';
 import { hashChunk } from '../../src/store/chunking.js';
@@ -433,5 +434,33 @@ describe('ChunkStore indexes', () => {
     assert.equal(await store.hasIndex('../chunks'), false);
     assert.equal(await store.hasIndex(''), false);
     await assert.rejects(store.getIndex(unknown), ferryError('not-found'));
+  });
+});
+
+describe('ChunkStore batches at once', () => {
+  test('at most BATCHES_IN_FLIGHT upload batches are stored at once; the rest wait and are all stored', async (t) => {
+    const backend = new FilesystemBackend(path.join(await tempDirFor(t), 'store'));
+    let writing = 0;
+    let most = 0;
+    const put = backend.put.bind(backend);
+    backend.put = async (key, parts) => {
+      writing++;
+      most = Math.max(most, writing);
+      await new Promise((resolve) => setTimeout(resolve, 20)); // a slow fsync: batches pile up behind it
+      try {
+        return await put(key, parts);
+      } finally {
+        writing--;
+      }
+    };
+    const store = new ChunkStore(backend);
+    const batches = Array.from({ length: 8 }, () => Array.from({ length: 4 }, () => {
+      const data = randomBytes(4096);
+      return { hashHex: hashChunk(data).toString('hex'), data };
+    }));
+    const results = await Promise.all(batches.map((batch) => store.putChunks(batch)));
+    assert.deepEqual(results.map((result) => result.stored), batches.map(() => 4));
+    assert.equal(most, BATCHES_IN_FLIGHT, `${batches.length} batches at once, at most ${BATCHES_IN_FLIGHT} writing`);
+    for (const batch of batches) for (const chunk of batch) assert.ok((await store.getChunk(chunk.hashHex)).equals(chunk.data));
   });
 });
