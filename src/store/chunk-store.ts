@@ -221,8 +221,9 @@ export class ChunkStore {
    * (`ingestChunk`: a compressed one inflated, its bytes hashing to its name, not all zeros; in the codec
    * pool for a large batch), so a batch with one bad chunk stores nothing; then `gate` says which the
    * store already holds; the rest are written as one pack (several for a batch beyond 64 MiB), durably,
-   * before this resolves. A rebuilt chunk is compressed under the store's codec. Returns how many were
-   * received and how many newly stored.
+   * before this resolves. A rebuilt chunk is compressed under the store's codec. At most
+   * BATCHES_IN_FLIGHT batches are stored at once in the process (any store); a call beyond waits its
+   * turn. Returns how many were received and how many newly stored.
    */
   async putChunks(uploads: readonly ChunkUpload[], gate: PresenceGate = (hashes) => this.touchChunks(hashes)): Promise<{ received: number; stored: number }> {
     return batchSlots.run(async () => {
