@@ -7,6 +7,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
+import { withThisNodeFirst } from '../src/util/launcher-environment.js';
 import { processCpu, processIo, run, sleep, threadCpu } from './measure.js';
 
 /** A daemon started by the cluster. */
@@ -28,7 +29,7 @@ export function ferryCommand(ferryBin: string, args: readonly string[]): { file:
  * The environment Ferry's processes run in: this one, with this node's directory first on PATH, since
  * the launcher runs the first node on PATH (and the memory sampler checks the daemons run this node).
  */
-export const ferryEnvironment: NodeJS.ProcessEnv = { ...process.env, PATH: [path.dirname(process.execPath), process.env.PATH].filter(Boolean).join(path.delimiter) };
+export const ferryEnvironment: NodeJS.ProcessEnv = withThisNodeFirst();
 
 function startDaemon(ferryBin: string, args: string[], logPath: string): Daemon {
   const log = createWriteStream(logPath, { flags: 'a' });

@@ -16,6 +16,7 @@ import { sleep } from '../util/time.js';
 import { e2fsTool } from './ext4-image.js';
 import { buildSampleMachines } from './sample-machines.js';
 import { controlDirectory } from './workload.js';
+import { withThisNodeFirst } from '../util/launcher-environment.js';
 
 /** Options of `ferry demo`. */
 export interface DemoOptions {
@@ -51,8 +52,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
   });
   process.on('SIGTERM', stopAll);
 
-  // The launcher runs the first node on PATH: make that this node, whatever PATH the demo was started with.
-  const childEnvironment = { ...process.env, PATH: [path.dirname(process.execPath), process.env.PATH].filter(Boolean).join(path.delimiter) };
+  const childEnvironment = withThisNodeFirst();
   const ferry = (args: string[], logName: string, env: Record<string, string> = {}) => {
     const log = createWriteStream(path.join(logs, `${logName}.log`), { flags: 'a' });
     const child = spawn(options.ferryBin, args, { env: { ...childEnvironment, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -16,6 +16,7 @@ import type { TestContext } from 'node:test';
 import { ApiClient } from '../../src/client/api-client.js';
 import type { JobView } from '../../src/protocol/views.js';
 import { makeExt4Image } from '../../src/demo/ext4-image.js';
+import { withThisNodeFirst } from '../../src/util/launcher-environment.js';
 
 const run = promisify(execFile);
 
@@ -80,7 +81,7 @@ export interface Daemon {
 }
 
 /** The launcher runs the first node on PATH: make that the node running the tests. */
-const launcherEnvironment = { ...process.env, PATH: [path.dirname(process.execPath), process.env.PATH].filter(Boolean).join(path.delimiter) };
+const launcherEnvironment = withThisNodeFirst();
 
 function startDaemon(t: TestContext, args: string[], logPath: string, env: Record<string, string> = {}): Daemon {
   const log = createWriteStream(logPath, { flags: 'a' });
