@@ -80,7 +80,7 @@ function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | Shared
  * memory from `alignedBuffers` or `alignedSharedBuffer`. Other memory may happen to be aligned, but its
  * address cannot be known here, and a direct transfer from unaligned memory fails (EINVAL).
  */
-function alignedInMemory(view: Uint8Array): boolean {
+export function alignedInMemory(view: Uint8Array): boolean {
   return pageAlignedMemory.has(view.buffer) && view.byteOffset % DIRECT_ALIGNMENT === 0;
 }
 

@@ -8,6 +8,7 @@
  * their own pool construct one and close it.
  */
 import os from 'node:os';
+import { alignedSharedBuffer } from '../disks/direct-io.js';
 import { FerryError } from '../errors.js';
 import { isShared, SharedBufferCache, siblingWorkerPath, WorkerPool } from '../util/worker-pool.js';
 import type { ChunkCodecRequest, ChunkCodecResult, IngestRequest } from './chunk-codec-worker.js';
@@ -28,7 +29,8 @@ export const BATCHES_IN_FLIGHT = 3;
 /**
  * Staging buffers kept for reuse: a batch being stored holds up to three at once (its delta bases, its
  * payloads on their way to a worker, its encoded objects until their pack is written), and the store
- * stores BATCHES_IN_FLIGHT batches at once (chunk-store.ts).
+ * stores BATCHES_IN_FLIGHT batches at once (chunk-store.ts). A restore (restore.ts) borrows two per
+ * window in flight, eight in all, from the same ones.
  */
 const STAGING_KEPT = 3 * BATCHES_IN_FLIGHT;
 
@@ -51,12 +53,13 @@ export interface ObjectToDecode {
 export class ChunkCodecPool {
   private readonly pool: WorkerPool<ChunkCodecRequest, ChunkCodecResult>;
   /**
-   * Shared buffers for a batch's worth of chunks (8 MiB and a little), reused: ingest stages payloads in
-   * them and gets the encoded objects back in them, and the store reads delta bases, and their stored
-   * objects, into them (`takeShared`). A buffer a failed request used is dropped, not reused: a worker
+   * Shared buffers for a batch's worth of chunks (8 MiB and a little), page-aligned (a restore writes
+   * from them with O_DIRECT), reused: ingest stages payloads in them and gets the encoded objects back
+   * in them, and the store reads delta bases, and their stored objects, into them, as a restore does its
+   * windows (`takeShared`). A buffer a failed request used is dropped, not reused: a worker
    * of a broken pool may still be writing into it.
    */
-  private readonly sharedBuffers = new SharedBufferCache(STAGING_BYTES, STAGING_KEPT);
+  private readonly sharedBuffers = new SharedBufferCache(STAGING_BYTES, STAGING_KEPT, alignedSharedBuffer);
 
   /** Starts `size` workers: by default one per core, at least two, at most four. */
   constructor(size = Math.min(4, Math.max(2, os.availableParallelism()))) {

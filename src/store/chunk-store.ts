@@ -153,6 +153,27 @@ export class ChunkStore {
    */
   codecPool: ChunkCodecPool | null = null;
 
+  /** The codec pool this store checks, encodes and decodes chunks in. */
+  private get pool(): ChunkCodecPool {
+    return this.codecPool ?? sharedChunkCodecPool();
+  }
+
+  /**
+   * A page-aligned shared buffer of at least `length` bytes for reading or decoding chunks into in bulk
+   * (a restore's windows): one of the codec pool's reused buffers when it fits, the same ones upload
+   * batches use, so a restore leaves no buffers of its own behind for the threads to collect. Give it
+   * back with `giveSharedBuffer` once nothing uses it; after a failed read, drop it instead (a worker of
+   * a broken pool may still be writing into it).
+   */
+  takeSharedBuffer(length: number): Buffer {
+    return this.pool.takeShared(length);
+  }
+
+  /** Returns a buffer from `takeSharedBuffer` for reuse. */
+  giveSharedBuffer(buffer: Buffer): void {
+    this.pool.giveShared(buffer);
+  }
+
   /**
    * A store with the given settings, trusted as they are (no config is read). Without settings: plain
    * objects and plain names, the format of stores from before configs existed. Servers use `open`.
@@ -294,7 +315,7 @@ export class ChunkStore {
       rebuiltFrom: chunk.rebuiltFrom ?? null,
     }));
     const payloadBytes = inputs.reduce((total, input) => total + input.payload.length, 0);
-    if (payloadBytes >= POOL_INGEST_MIN_BYTES) return { ...(await (this.codecPool ?? sharedChunkCodecPool()).ingest(inputs, this.settings.codec)), names };
+    if (payloadBytes >= POOL_INGEST_MIN_BYTES) return { ...(await this.pool.ingest(inputs, this.settings.codec)), names };
     const objects = inputs.map((input) => {
       const stored = ingestChunkParts(input, this.settings.codec);
       // Joined (a copy) at once: the parts may view a scratch buffer the next chunk reuses.
@@ -317,7 +338,7 @@ export class ChunkStore {
     if (deltas.length === 0) return { chunks: uploads as ChunkToStore[], release: () => undefined };
     const baseNames = [...new Set(deltas.map((upload) => upload.delta.baseHashHex))];
     const bases = new Map<string, Buffer>();
-    const pool = this.codecPool ?? sharedChunkCodecPool();
+    const pool = this.pool;
     let basesBuffer: Buffer | null = null;
     try {
       // Bases lie scattered over the packs of earlier points: read a few at a time and decoded and
@@ -482,7 +503,7 @@ export class ChunkStore {
    * read into it while they fit, so a restore allocates nothing per read.
    */
   async readChunksInto(hashHexes: readonly string[], output: Uint8Array, outputAt: readonly number[], chunkLengths: readonly number[], readBuffer?: Uint8Array): Promise<void> {
-    const pool = this.codecPool ?? sharedChunkCodecPool();
+    const pool = this.pool;
     const outputBuffer = Buffer.from(output.buffer, output.byteOffset, output.byteLength);
     const wanted = await this.locateWanted(hashHexes);
     const readOneByOne = async (chunk: WantedChunk) => {

@@ -2,6 +2,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { alignedInMemory } from '../../src/disks/direct-io.js';
+import { ChunkCodecPool } from '../../src/store/chunk-codec-pool.js';
 import { ChunkStore } from '../../src/store/chunk-store.js';
 import { FilesystemBackend } from '../../src/store/fs-backend.js';
 import { restoreDiskToFile } from '../../src/store/restore.js';
@@ -86,6 +88,44 @@ describe('restoreDiskToFile', () => {
     await assert.rejects(restoreDiskToFile(store, index, output), ferryError('corrupt-data'));
     assert.equal(await fs.readFile(output, 'utf8'), 'previous complete restore');
     assert.deepEqual((await fs.readdir(directory)).sort(), ['disk.raw', 'store']);
+  });
+
+  test("borrows page-aligned buffers from the store's codec pool and gives them back: a second restore makes none of its own", async (t) => {
+    const { store, directory } = await setUp(t);
+    const pool = new ChunkCodecPool(2);
+    t.after(() => pool.close());
+    store.codecPool = pool;
+    // Observe the real pool: which buffers it hands out, and how many come back.
+    const taken: Buffer[] = [];
+    let givenBack = 0;
+    const take = pool.takeShared.bind(pool);
+    const give = pool.giveShared.bind(pool);
+    pool.takeShared = (length) => {
+      const buffer = take(length);
+      taken.push(buffer);
+      return buffer;
+    };
+    pool.giveShared = (buffer) => {
+      givenBack++;
+      give(buffer);
+    };
+    const disk = buildDisk(CHUNK_SIZE, ['random', 'zero', 'random', 'random'], 300);
+    const index = await storeDisk(store, disk, CHUNK_SIZE);
+    taken.length = 0;
+    givenBack = 0;
+
+    await restoreDiskToFile(store, index, path.join(directory, 'first.raw'));
+    // Two for each of the four windows in flight (those with no window left give theirs back at once).
+    assert.equal(taken.length, 8);
+    assert.equal(givenBack, 8);
+    const firstRestore = new Set(taken.map((buffer) => buffer.buffer));
+    assert.ok(taken.every(alignedInMemory), 'the decoded chunks are written from page-aligned memory (O_DIRECT)');
+
+    taken.length = 0;
+    await restoreDiskToFile(store, index, path.join(directory, 'second.raw'));
+    assert.equal(taken.length, 8);
+    assert.ok(taken.every((buffer) => firstRestore.has(buffer.buffer)), 'the second restore made buffers of its own');
+    assert.ok((await fs.readFile(path.join(directory, 'second.raw'))).equals(disk));
   });
 
   test('restoring over an existing file replaces it completely', async (t) => {
