@@ -12,6 +12,9 @@ import type { JobView } from '../protocol/views.js';
 import { sleep } from '../util/time.js';
 import { progressBar } from './output.js';
 
+/** The least time between two questions about a job: what a wait falls back to when the server does not hold the question. */
+const JOB_POLL_MS = 250;
+
 /** Global flags every command accepts. */
 export interface GlobalOptions {
   server?: string;
@@ -59,7 +62,7 @@ export class CliContext {
   }
 
   /**
-   * Polls a job until it ends, drawing a progress bar on a terminal. Resolves with the finished job;
+   * Waits for a job to end, drawing a progress bar on a terminal. Resolves with the finished job;
    * throws the job's own error (code and message) if it failed.
    */
   async waitForJob(jobId: string, options: { timeoutMs?: number } = {}): Promise<JobView> {
@@ -68,9 +71,16 @@ export class CliContext {
     let job = await this.client.get<JobView>(`/jobs/${jobId}`);
     while (job.state === 'queued' || job.state === 'running') {
       if (live) process.stderr.write(`\r${progressBar(job.progress.percent)} ${job.kind} ${job.step ?? ''}`.padEnd(80));
-      if (Date.now() > deadline) throw new FerryError('conflict', `job ${jobId} still ${job.state} after waiting; see \`ferry jobs\``, { retryable: true });
-      await sleep(250);
-      job = await this.client.get<JobView>(`/jobs/${jobId}`);
+      const remainingSeconds = (deadline - Date.now()) / 1000;
+      if (remainingSeconds <= 0) throw new FerryError('conflict', `job ${jobId} still ${job.state} after waiting; see \`ferry jobs\``, { retryable: true });
+      // A long poll: the server answers as soon as the job ends (on a terminal at least every second,
+      // to move the bar), so the command returns when the job does, not at its next poll.
+      const askedAt = Date.now();
+      const waitSeconds = Math.min(live ? 1 : 20, remainingSeconds);
+      job = await this.client.get<JobView>(`/jobs/${jobId}`, { waitSeconds }, (waitSeconds + 30) * 1000);
+      // A server stopping (or one from before long polls) answers at once: do not spin.
+      const answeredInMs = Date.now() - askedAt;
+      if ((job.state === 'queued' || job.state === 'running') && answeredInMs < JOB_POLL_MS) await sleep(JOB_POLL_MS - answeredInMs);
     }
     if (live) process.stderr.write(`\r${progressBar(100)} ${job.kind} ${job.state}`.padEnd(80) + '\n');
     if (job.state !== 'succeeded') {

@@ -2,7 +2,7 @@
  * What every core module works with: the database, the chunk store, a clock, a logger and a signal
  * that wakes whoever waits for new work (long-polling agents, the server's job runner).
  */
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import type { Db } from '../db/database.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import { DEFAULT_CHUNK_SIZE } from '../store/chunking.js';
@@ -46,6 +46,20 @@ export interface CoreContext {
 /** Tells waiters that jobs changed. */
 export function signalWork(context: CoreContext): void {
   context.signals.emit('work');
+}
+
+/**
+ * Long-poll helper: waits until jobs change (`signalWork`), `signal` or the server's shutdown aborts, or
+ * `maxMs` pass, whichever comes first; never throws. Callers re-check what they wait for afterwards, in a
+ * loop bounded by their deadline. The listener and the timer are removed either way, so long polls leave
+ * nothing behind.
+ */
+export async function waitForJobChange(context: CoreContext, maxMs: number, signal?: AbortSignal): Promise<void> {
+  const wait = new AbortController();
+  const timer = setTimeout(() => wait.abort(), Math.max(0, maxMs));
+  const signals = [wait.signal, context.shutdown, ...(signal ? [signal] : [])];
+  await once(context.signals, 'work', { signal: AbortSignal.any(signals) }).catch(() => undefined);
+  clearTimeout(timer);
 }
 
 /** Parses a JSON column written by this code; a corrupt value becomes an empty object rather than a crash. */

@@ -10,7 +10,7 @@ import type { JobRow } from '../db/schema.js';
 import type { JobStepView, JobView } from '../protocol/views.js';
 import { newId } from '../util/ids.js';
 import { isoOrNull } from '../util/time.js';
-import { type CoreContext, parseJsonColumn, signalWork } from './context.js';
+import { type CoreContext, parseJsonColumn, signalWork, waitForJobChange } from './context.js';
 import type { Events } from './events.js';
 import { activeJobStates, type JobEvent, type JobState, jobTransitions, nextState } from './lifecycle.js';
 
@@ -194,6 +194,21 @@ export class Jobs {
       ...(steps ? { steps } : {}),
       children: children.map(({ machine_name, ...child }) => jobView(child, machine_name ?? null)),
     };
+  }
+
+  /**
+   * `view` once the job has ended (succeeded, failed, cancelled), or as it is after `waitSeconds` if it
+   * has not, or at once when `signal` or the server's shutdown aborts: a long poll, so a client waiting
+   * for a job hears of its end when it happens instead of at its next poll. Throws not-found.
+   */
+  async viewWhenEnded(id: string, waitSeconds: number, signal?: AbortSignal): Promise<JobView> {
+    const deadline = Date.now() + waitSeconds * 1000; // real time, not the core's clock (tests may hold that still)
+    for (;;) {
+      const row = await this.get(id);
+      const remainingMs = deadline - Date.now();
+      if (!activeJobStates.includes(row.state as JobState) || remainingMs <= 0 || signal?.aborted || this.context.shutdown.aborted) return this.view(id);
+      await waitForJobChange(this.context, remainingMs, signal);
+    }
   }
 
   /** Lets the module that drives jobs of `kind` describe their steps in `view` (recovery plans do). */

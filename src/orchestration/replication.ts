@@ -2,14 +2,13 @@
  * The server's side of replication: protecting a machine, handing replication jobs to agents (a
  * long poll that doubles as the agent's heartbeat), and recording what agents report back.
  */
-import { once } from 'node:events';
 import { FerryError, notFound } from '../errors.js';
 import type { JobRow, PointDiskRow } from '../db/schema.js';
 import { encodeChunkBatch, FrameEncoding } from '../protocol/chunk-batch.js';
 import type { ApplyCompleteRequest, JobFailRequest, JobProgressRequest, JobStartRequest, ProtectRequest } from '../protocol/requests.js';
 import { compressChunk, DEFAULT_ZSTD_LEVEL } from '../store/chunk-object.js';
 import type { AgentJob, JobView, MachineView } from '../protocol/views.js';
-import { type CoreContext, parseJsonColumn } from './context.js';
+import { type CoreContext, parseJsonColumn, waitForJobChange } from './context.js';
 import type { Events } from './events.js';
 import type { Jobs } from './jobs.js';
 import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
@@ -69,12 +68,8 @@ export class Replication {
       if (pending.length > 0 || Date.now() >= deadline || signal.aborted) {
         return Promise.all(pending.map((job) => this.describeForAgent(job)));
       }
-      // Wake on new work, the caller going away, or after a while (to re-check and refresh last-seen);
-      // the listener and the timer are removed either way, so long polls leave nothing behind.
-      const wait = new AbortController();
-      const timer = setTimeout(() => wait.abort(), Math.min(deadline - Date.now(), 5000));
-      await once(this.context.signals, 'work', { signal: AbortSignal.any([signal, wait.signal]) }).catch(() => undefined);
-      clearTimeout(timer);
+      // Wake on new work, the caller going away, or after a while (to re-check and refresh last-seen).
+      await waitForJobChange(this.context, Math.min(deadline - Date.now(), 5000), signal);
     }
   }
 

@@ -176,6 +176,9 @@ export const listJobsQuery = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(50),
 });
 
+/** `GET /jobs/ID?waitSeconds=N`: answer once the job has ended, or after N seconds (0, the default: at once). */
+export const jobViewQuery = z.object({ waitSeconds: z.coerce.number().min(0).max(60).default(0) });
+
 export const listPointsQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(1000) });
 
 // --- agent protocol ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
  * - `ferry job cancel`: a cycle held open by its pre-point hook is cancelled; the agent's commit is
  *   refused, no point is made, the event is recorded, and the next cycle makes a good point.
  * - `ferry jobs --watch`: follows a running job until nothing is active, then exits by itself.
+ * - `GET /jobs/ID?waitSeconds=N`, the long poll `--wait` uses: answered when the job ends.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -73,4 +74,26 @@ test('ferry jobs --watch follows a running job and exits once nothing is active'
   const human = await ferry(server, ['jobs', '--watch']);
   assert.equal(human.code, 0);
   assert.match(human.stdout, /\[#{24}\] 100\.0%/, 'progress bars');
+});
+
+test('GET /jobs/ID?waitSeconds=N answers when the job ends, or after N seconds', async (t) => {
+  const { server, gate, job } = await heldCycle(t);
+
+  let askedAt = Date.now();
+  const stillRunning = await server.admin.get<JobView>(`/jobs/${job.id}`, { waitSeconds: 1 });
+  assert.equal(stillRunning.state, 'running');
+  assert.ok(Date.now() - askedAt >= 900, `a job that does not end is answered after the wait, not at once (${Date.now() - askedAt} ms)`);
+
+  askedAt = Date.now();
+  const waiting = server.admin.get<JobView>(`/jobs/${job.id}`, { waitSeconds: 60 }, 90_000);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await fs.writeFile(gate, '');
+  const ended = await waiting;
+  const answeredAt = Date.now();
+  assert.equal(ended.state, 'succeeded', JSON.stringify(ended.error));
+  assert.ok(answeredAt - askedAt >= 500, 'it waited for the job');
+  assert.ok(answeredAt - Date.parse(ended.endedAt!) < 1000, `answered ${answeredAt - Date.parse(ended.endedAt!)} ms after the job ended`);
+
+  await assert.rejects(server.admin.get(`/jobs/${job.id}`, { waitSeconds: 61 }), (error: { code: string }) => error.code === 'invalid-request');
+  await assert.rejects(server.admin.get('/jobs/no-such-job', { waitSeconds: 5 }), (error: { code: string }) => error.code === 'not-found');
 });
