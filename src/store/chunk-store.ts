@@ -420,13 +420,7 @@ export class ChunkStore {
     const names = hashHexes.map((hash) => this.chunkObjectName(hash));
     await this.confirmContainers(catalog, names, (key) => this.backend.touch(key));
     const now = Date.now();
-    return names.map((name) => {
-      const entry = catalog.get(name);
-      if (!entry) return false;
-      entry.touchedAt = now;
-      entry.container.modifiedAt = now;
-      return true;
-    });
+    return names.map((name) => catalog.touch(name, now));
   }
 
   /** Reads a chunk, decodes it and checks its hash; throws not-found or corrupt-data. */
@@ -442,7 +436,7 @@ export class ChunkStore {
       } catch (error) {
         if (!(error instanceof FerryError) || error.code !== 'not-found') throw error;
         // Garbage collection may have just moved the chunk to a new pack: look again once.
-        if (catalog.get(name) !== entry && attempt === 1) continue;
+        if (!catalog.isCurrent(name, entry.container) && attempt === 1) continue;
         catalog.forgetContainer(entry.container.key); // gone behind our back: its chunks are missing
         throw new FerryError('not-found', `chunk ${hashHex} is not in the store (${entry.container.key} is gone)`, { details: { hash: hashHex } });
       }

@@ -405,7 +405,7 @@ describe('collectGarbage: packs', () => {
     // Whichever copy of x the catalog reads, the other goes: its pack deleted, or rewritten with y alone.
     assert.equal(result.packs.deleted + result.packs.repacked, 1, JSON.stringify(result.packs));
     assert.equal(result.deleted.chunks, 0);
-    const entries = (await store.catalog()).containers().flatMap((container) => container.names);
+    const entries = (await store.catalog()).containers().flatMap((container) => [...container.names]);
     assert.deepEqual(entries.sort(), [x!.hashHex, y!.hashHex].sort(), 'one copy of each chunk is left');
     const reopened = new ChunkStore(new FilesystemBackend(root));
     for (const chunk of [x!, y!]) assert.deepEqual(await reopened.getChunk(chunk.hashHex), chunk.data);
