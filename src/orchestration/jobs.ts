@@ -6,6 +6,7 @@
  * State changes go through the lifecycle table.
  */
 import { FerryError, notFound } from '../errors.js';
+import { withoutFsync } from '../db/database.js';
 import type { JobRow } from '../db/schema.js';
 import type { JobStepView, JobView } from '../protocol/views.js';
 import { newId } from '../util/ids.js';
@@ -288,14 +289,19 @@ export class Jobs {
     return this.get(id, db);
   }
 
-  /** Records progress of a running job. Ignored for jobs that have ended (a late report after a retry). */
+  /**
+   * Records progress of a running job, without waiting for an fsync (`withoutFsync`: after a power loss
+   * a job may show older progress). Ignored for jobs that have ended (a late report after a retry).
+   */
   async progress(id: string, progress: { doneBytes: number; totalBytes: number; step?: string }): Promise<void> {
-    await this.context.db
-      .updateTable('jobs')
-      .set({ done_bytes: progress.doneBytes, total_bytes: progress.totalBytes, updated_at: this.context.now(), ...(progress.step ? { step: progress.step } : {}) })
-      .where('id', '=', id)
-      .where('state', 'in', activeJobStates)
-      .execute();
+    await withoutFsync(this.context.db, (db) =>
+      db
+        .updateTable('jobs')
+        .set({ done_bytes: progress.doneBytes, total_bytes: progress.totalBytes, updated_at: this.context.now(), ...(progress.step ? { step: progress.step } : {}) })
+        .where('id', '=', id)
+        .where('state', 'in', activeJobStates)
+        .execute(),
+    );
   }
 
   /** Checks that an agent may act on a job: it exists, is an agent job, and is this agent's. */

@@ -3,7 +3,7 @@
  * disks), settings (hooks), and the status view with health and RPO that `ferry status` shows.
  */
 import { FerryError, notFound } from '../errors.js';
-import type { Db } from '../db/database.js';
+import { type Db, withoutFsync } from '../db/database.js';
 import type { DiskRow, MachineRow } from '../db/schema.js';
 import type { RegisterAgentRequest, UpdateMachineRequest } from '../protocol/requests.js';
 import type { HealthLevel, MachineView, RegisterAgentResponse, TestFailoverView } from '../protocol/views.js';
@@ -154,7 +154,8 @@ export class Machines {
     const written = this.seenWrittenAt.get(agentId);
     if (written !== undefined && now - written >= 0 && now - written < SEEN_WRITE_INTERVAL_MS) return;
     this.seenWrittenAt.set(agentId, now);
-    await this.context.db.updateTable('agents').set({ last_seen_at: now }).where('id', '=', agentId).execute();
+    // Not fsynced: after a power loss an agent shows as last seen a few seconds earlier than it was.
+    await withoutFsync(this.context.db, (db) => db.updateTable('agents').set({ last_seen_at: now }).where('id', '=', agentId).execute());
   }
 
   /** The agent registered under a token, or forbidden if that token has not registered. */
