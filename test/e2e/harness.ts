@@ -237,14 +237,17 @@ export async function waitFor(condition: () => Promise<boolean>, what: string, t
   throw new Error(`timed out waiting for ${what}`);
 }
 
-/** Waits until a job ends and returns it. */
+/** Waits until a job ends and returns it, asking with the server's long poll (`?waitSeconds=`). */
 export async function waitForJob(admin: ApiClient, jobId: string, timeoutMs = 120_000): Promise<JobView> {
   let job = await admin.get<JobView>(`/jobs/${jobId}`);
   const deadline = Date.now() + timeoutMs;
   while (job.state === 'queued' || job.state === 'running') {
-    if (Date.now() > deadline) throw new Error(`job ${jobId} still ${job.state}`);
-    await sleep(100);
-    job = await admin.get<JobView>(`/jobs/${jobId}`);
+    const remainingSeconds = (deadline - Date.now()) / 1000;
+    if (remainingSeconds <= 0) throw new Error(`job ${jobId} still ${job.state}`);
+    const askedAt = Date.now();
+    job = await admin.get<JobView>(`/jobs/${jobId}`, { waitSeconds: Math.min(20, remainingSeconds) }, 30_000);
+    const active = job.state === 'queued' || job.state === 'running';
+    if (active && Date.now() - askedAt < 100) await sleep(100); // a server stopping answers at once
   }
   return job;
 }
