@@ -6,6 +6,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import type { FerryCore } from '../orchestration/core.js';
 import { MAX_BATCH_BYTES } from '../protocol/chunk-batch.js';
 import { installAuth } from './auth.js';
+import { installBinaryBodies } from './binary-body.js';
 import { handleError } from './http-errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { agentRoutes } from './routes/agent.js';
@@ -23,7 +24,8 @@ export function buildApp(core: FerryCore): FastifyInstance {
     // Per-request log lines would drown the log: agents make many small requests. Errors are still logged.
     logController: new LogController({ disableRequestLogging: true }),
   });
-  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+  const store = core.context.store;
+  installBinaryBodies(app, { bufferBytes: store.sharedBufferBytes, take: (length) => store.takeSharedBuffer(length), give: (buffer) => store.giveSharedBuffer(buffer) });
   app.setErrorHandler(handleError);
   app.setNotFoundHandler((request, reply) => {
     void reply.status(404).send({ error: { code: 'not-found', message: `no API route ${request.method} ${request.url}`, retryable: false } });

@@ -79,6 +79,11 @@ export class ChunkCodecPool {
     return this.sharedBuffers.take(length);
   }
 
+  /** Size of the reused buffers `takeShared` hands out. */
+  get sharedBufferBytes(): number {
+    return this.sharedBuffers.bufferBytes;
+  }
+
   /** Returns a buffer from `takeShared`. */
   giveShared(buffer: Buffer): void {
     this.sharedBuffers.give(buffer);
@@ -128,16 +133,20 @@ export class ChunkCodecPool {
     // buffers made per batch and moved: a moved buffer dies in the receiving thread's heap, freed only
     // when that thread next collects, and an incremental cycle's thousands of rebuilt chunks piled up
     // that way by the hundred megabytes.
+    // Payloads that all lie in one shared buffer (an upload read into one, see server/binary-body.ts)
+    // go as they lie; others are first copied into a staging buffer.
+    const source = chunks[0]!.payload.buffer;
+    const inPlace = source instanceof SharedArrayBuffer && chunks.every((chunk) => chunk.payload.buffer === source);
     const total = chunks.reduce((sum, chunk) => sum + chunk.payload.length, 0);
-    const staging = this.sharedBuffers.take(total);
+    const staging = inPlace ? null : this.sharedBuffers.take(total);
     const at: number[] = [];
     let offset = 0;
     for (const chunk of chunks) {
-      at.push(offset);
-      staging.set(chunk.payload, offset);
+      at.push(inPlace ? chunk.payload.byteOffset : offset);
+      if (staging) staging.set(chunk.payload, offset);
       offset += chunk.payload.length;
     }
-    const payloads = staging.subarray(0, total);
+    const payloads = staging ? staging.subarray(0, total) : new Uint8Array(source);
     // Each chunk's object gets a region of the output as large as it can be (`objectBound`), so each
     // slice writes into a region of its own.
     const regionAt = [0];
@@ -170,7 +179,7 @@ export class ChunkCodecPool {
     // After a failure both buffers are dropped: a pool that broke (a worker died, or it was closed)
     // fails every request at once, while the workers still alive may be writing into them.
     if (failed) throw failed.reason;
-    this.sharedBuffers.give(staging);
+    if (staging) this.sharedBuffers.give(staging);
     const results = settled.map((result) => (result as PromiseFulfilledResult<ChunkCodecResult>).value);
     const objects: Uint8Array[][] = [];
     slices.forEach(({ first }, slice) => {

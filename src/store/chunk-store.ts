@@ -169,6 +169,11 @@ export class ChunkStore {
     return this.pool.takeShared(length);
   }
 
+  /** Size of the reused shared buffers `takeSharedBuffer` hands out (a larger request gets a buffer of its own). */
+  get sharedBufferBytes(): number {
+    return this.pool.sharedBufferBytes;
+  }
+
   /** Returns a buffer from `takeSharedBuffer` for reuse. */
   giveSharedBuffer(buffer: Buffer): void {
     this.pool.giveShared(buffer);

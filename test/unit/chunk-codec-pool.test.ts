@@ -117,6 +117,47 @@ describe('ChunkCodecPool', () => {
     await assert.rejects(pool.ingest(bad, PLAIN_CODEC), ferryError('chunk-hash-mismatch', [uploads[50]!.hashHex]));
   });
 
+  test('payloads lying in one shared buffer (an upload read into it) are checked where they lie, at any offset; others are staged', async (t) => {
+    const pool = new ChunkCodecPool(2);
+    t.after(() => pool.close());
+    const chunks = Array.from({ length: 48 }, (_, position) => (position % 2 === 0 ? randomBytes(65536) : textChunk(`in-place-${position}`)));
+    // The payloads back to back in one shared buffer, after a 7-byte header, as a batch body lies.
+    const frames = chunks.map((chunk, position) => (position % 2 === 0 ? chunk : compressChunk(chunk, 1)!));
+    const body = sharedBuffer(7 + frames.reduce((sum, frame) => sum + frame.length, 0));
+    let offset = 7;
+    const uploads = frames.map((frame, position) => {
+      frame.copy(body, offset);
+      const payload = body.subarray(offset, offset + frame.length);
+      offset += frame.length;
+      const hashHex = hashChunk(chunks[position]!).toString('hex');
+      return { hashHex, payload, compressed: position % 2 === 1, objectKey: chunkKey(hashHex) };
+    });
+    const staged: number[] = [];
+    const cache = (pool as unknown as { sharedBuffers: { take(length: number): Buffer } }).sharedBuffers;
+    const take = cache.take.bind(cache);
+    cache.take = (length) => {
+      staged.push(length);
+      return take(length);
+    };
+
+    const { objects, release } = await pool.ingest(uploads, ENCRYPTED);
+    objects.forEach((parts, position) => assert.deepEqual(decodeChunkObject(Buffer.concat(parts), uploads[position]!.objectKey, ENCRYPTED), chunks[position]));
+    release();
+    assert.equal(staged.length, 1, 'only the objects\' buffer was taken: the payloads were not copied');
+
+    // One payload elsewhere: all are staged, with the same result.
+    staged.length = 0;
+    const mixed = [...uploads];
+    mixed[5] = { ...mixed[5]!, payload: Buffer.from(mixed[5]!.payload) };
+    const again = await pool.ingest(mixed, ENCRYPTED);
+    again.objects.forEach((parts, position) => assert.deepEqual(decodeChunkObject(Buffer.concat(parts), uploads[position]!.objectKey, ENCRYPTED), chunks[position]));
+    again.release();
+    assert.equal(staged.length, 2);
+    // A bad chunk in place still refuses the batch.
+    body[uploads[10]!.payload.byteOffset + 100]! ^= 0xff;
+    await assert.rejects(pool.ingest(uploads, PLAIN_CODEC), ferryError('chunk-hash-mismatch', [uploads[10]!.hashHex]));
+  });
+
   test('objects come back in shared memory the pool reuses once released, none made per batch; the largest objects there are fit', async (t) => {
     const pool = new ChunkCodecPool(2);
     t.after(() => pool.close());

@@ -81,7 +81,8 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
     return { missing: await core.storeGuard.missingChunks(hashes) };
   });
 
-  app.post('/api/v1/chunks', agentOnly, async (request) => {
+  // The batch is read into one of the store's shared buffers, where the codec workers read it (binary-body.ts).
+  app.post('/api/v1/chunks', { config: { role: 'agent', sharedBody: true } }, async (request) => {
     await agentOf(request);
     return core.storeGuard.putChunkBatch(decodeChunkBatch(bodyBuffer(request)));
   });

@@ -1,0 +1,79 @@
+/**
+ * Reading application/octet-stream request bodies (chunk batches, disk indexes) into memory.
+ *
+ * A route that says `config: { sharedBody: true }` (the chunk upload) gets its body read into one of the
+ * store's reused shared buffers when it fits (its Content-Length known and no larger than the buffer),
+ * given back once the answer has been sent, if it was a success. Why: Fastify's own reading gathered the
+ * socket's pieces and joined them into a new 8 MiB buffer per upload, garbage until V8 next collected
+ * (with four uploads in flight, the server's largest transient memory), and the codec pool then copied
+ * every payload again into a shared buffer for its workers; read into a shared buffer, a batch's
+ * payloads go to the workers where they lie (`ChunkCodecPool.ingest`). After a failed request the buffer
+ * is dropped, not reused: whatever failed may have left work that still reads it.
+ *
+ * Every other body, and a shared-body request whose length is unknown or too large, is read into a new
+ * buffer of its exact length. Either way the route's body limit holds, and a body shorter or longer
+ * than its Content-Length is refused (400), as Fastify does.
+ */
+import { errorCodes, type FastifyInstance, type FastifyRequest } from 'fastify';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Read this route's octet-stream body into a reused shared buffer (see binary-body.ts). */
+    sharedBody?: boolean;
+  }
+}
+
+/** Where shared bodies come from and go back to: the store's reused shared buffers. */
+export interface SharedBodyBuffers {
+  /** Buffers of at most this many bytes are taken; a larger body gets a buffer of its own. */
+  readonly bufferBytes: number;
+  take(length: number): Buffer;
+  give(buffer: Buffer): void;
+}
+
+/** What a request's body was read into, when it was a shared buffer (for giving it back). */
+const sharedBodies = new WeakMap<FastifyRequest, Buffer>();
+
+/** Installs the application/octet-stream parser and the hook that gives shared bodies back. */
+export function installBinaryBodies(app: FastifyInstance, shared: SharedBodyBuffers): void {
+  app.addContentTypeParser('application/octet-stream', (request, payload, done) => {
+    const limit = request.routeOptions.bodyLimit ?? app.initialConfig.bodyLimit ?? 1024 * 1024;
+    const declared = request.headers['content-length'] === undefined ? null : Number(request.headers['content-length']);
+    if (declared !== null && (!Number.isSafeInteger(declared) || declared < 0)) return done(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH(), undefined);
+    if (declared !== null && declared > limit) return done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE(), undefined);
+    const useShared = request.routeOptions.config.sharedBody === true && declared !== null && declared <= shared.bufferBytes;
+    const target = useShared ? shared.take(declared) : declared !== null ? Buffer.allocUnsafe(declared) : null;
+    if (useShared) sharedBodies.set(request, target!);
+    const pieces: Buffer[] = []; // only when the length was not declared
+    let received = 0;
+    let finished = false;
+    const finish = (error: Error | null, body?: Buffer) => {
+      if (finished) return;
+      finished = true;
+      payload.removeListener('data', onData);
+      done(error, body);
+    };
+    const onData = (piece: Buffer) => {
+      if (received + piece.length > (declared ?? limit)) {
+        finish(declared === null ? new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE() : new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+        payload.resume(); // drain the rest; the answer is already decided
+        return;
+      }
+      if (target) piece.copy(target, received);
+      else pieces.push(piece);
+      received += piece.length;
+    };
+    payload.on('data', onData);
+    payload.once('error', (error) => finish(error));
+    payload.once('end', () => {
+      if (declared !== null && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+      finish(null, target ? target.subarray(0, received) : Buffer.concat(pieces, received));
+    });
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const body = sharedBodies.get(request);
+    if (!body) return;
+    sharedBodies.delete(request);
+    if (reply.statusCode < 400) shared.give(body);
+  });
+}
