@@ -3,12 +3,15 @@
  *
  * A route that says `config: { sharedBody: true }` (the chunk upload) gets its body read into one of the
  * store's reused shared buffers when it fits (its Content-Length known and no larger than the buffer),
- * given back once the answer has been sent, if it was a success. Why: Fastify's own reading gathered the
+ * and gives it back with `giveBackSharedBody` once its work has succeeded and nothing reads the body any
+ * more. Why: Fastify's own reading gathered the
  * socket's pieces and joined them into a new 8 MiB buffer per upload, garbage until V8 next collected
  * (with four uploads in flight, the server's largest transient memory), and the codec pool then copied
  * every payload again into a shared buffer for its workers; read into a shared buffer, a batch's
- * payloads go to the workers where they lie (`ChunkCodecPool.ingest`). After a failed request the buffer
- * is dropped, not reused: whatever failed may have left work that still reads it.
+ * payloads go to the workers where they lie (`ChunkCodecPool.ingest`). A buffer not given back (the
+ * request failed, or the client went away) is dropped, not reused: whatever failed may have left work
+ * that still reads it, and a buffer rewritten under a batch being stored could put other bytes into a
+ * pack under a checked chunk's name. So the route gives it back, not a hook on the answer.
  *
  * Every other body, and a shared-body request whose length is unknown or too large, is read into a new
  * buffer of its exact length. Either way the route's body limit holds, and a body shorter or longer
@@ -31,10 +34,22 @@ export interface SharedBodyBuffers {
   give(buffer: Buffer): void;
 }
 
-/** What a request's body was read into, when it was a shared buffer (for giving it back). */
-const sharedBodies = new WeakMap<FastifyRequest, Buffer>();
+/** What a request's body was read into, when it was a shared buffer, and where it goes back to. */
+const sharedBodies = new WeakMap<FastifyRequest, { buffer: Buffer; shared: SharedBodyBuffers }>();
 
-/** Installs the application/octet-stream parser and the hook that gives shared bodies back. */
+/**
+ * Gives the shared buffer `request`'s body was read into back for reuse: call once the route's work
+ * has succeeded and nothing reads the body any more. Does nothing for a body read into a buffer of its
+ * own, or when called again.
+ */
+export function giveBackSharedBody(request: FastifyRequest): void {
+  const body = sharedBodies.get(request);
+  if (!body) return;
+  sharedBodies.delete(request);
+  body.shared.give(body.buffer);
+}
+
+/** Installs the application/octet-stream parser. */
 export function installBinaryBodies(app: FastifyInstance, shared: SharedBodyBuffers): void {
   app.addContentTypeParser('application/octet-stream', (request, payload, done) => {
     const limit = request.routeOptions.bodyLimit ?? app.initialConfig.bodyLimit ?? 1024 * 1024;
@@ -43,7 +58,7 @@ export function installBinaryBodies(app: FastifyInstance, shared: SharedBodyBuff
     if (declared !== null && declared > limit) return done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE(), undefined);
     const useShared = request.routeOptions.config.sharedBody === true && declared !== null && declared <= shared.bufferBytes;
     const target = useShared ? shared.take(declared) : declared !== null ? Buffer.allocUnsafe(declared) : null;
-    if (useShared) sharedBodies.set(request, target!);
+    if (useShared) sharedBodies.set(request, { buffer: target!, shared });
     const pieces: Buffer[] = []; // only when the length was not declared
     let received = 0;
     let finished = false;
@@ -69,11 +84,5 @@ export function installBinaryBodies(app: FastifyInstance, shared: SharedBodyBuff
       if (declared !== null && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
       finish(null, target ? target.subarray(0, received) : Buffer.concat(pieces, received));
     });
-  });
-  app.addHook('onResponse', async (request, reply) => {
-    const body = sharedBodies.get(request);
-    if (!body) return;
-    sharedBodies.delete(request);
-    if (reply.statusCode < 400) shared.give(body);
   });
 }

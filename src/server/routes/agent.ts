@@ -22,6 +22,7 @@ import {
 } from '../../protocol/requests.js';
 import { DiskIndex } from '../../store/disk-index.js';
 import { faultPoint } from '../../util/fault-injection.js';
+import { giveBackSharedBody } from '../binary-body.js';
 import { parse } from '../http-errors.js';
 
 const agentOnly = { config: { role: 'agent' as const } };
@@ -84,7 +85,9 @@ export function agentRoutes(app: FastifyInstance, core: FerryCore): void {
   // The batch is read into one of the store's shared buffers, where the codec workers read it (binary-body.ts).
   app.post('/api/v1/chunks', { config: { role: 'agent', sharedBody: true } }, async (request) => {
     await agentOf(request);
-    return core.storeGuard.putChunkBatch(decodeChunkBatch(bodyBuffer(request)));
+    const stored = await core.storeGuard.putChunkBatch(decodeChunkBatch(bodyBuffer(request)));
+    giveBackSharedBody(request); // the batch is stored: nothing reads the body any more
+    return stored;
   });
 
   // An index is 32 bytes per chunk: 256 MiB covers a 512 GiB disk at 64 KiB chunks.
