@@ -48,18 +48,40 @@ export function signalWork(context: CoreContext): void {
   context.signals.emit('work');
 }
 
+/** A wait for jobs to change, already listening: `changed` settles on the change or when the wait ends. */
+export interface JobChangeWait {
+  /** Resolves (never rejects) when jobs change, the wait is stopped, its time is up, or it is aborted. */
+  changed: Promise<void>;
+  /** Ends the wait at once; `changed` resolves. */
+  stop(): void;
+}
+
 /**
- * Long-poll helper: waits until jobs change (`signalWork`), `signal` or the server's shutdown aborts, or
- * `maxMs` pass, whichever comes first; never throws. Callers re-check what they wait for afterwards, in a
- * loop bounded by their deadline. The listener and the timer are removed either way, so long polls leave
- * nothing behind.
+ * Long-poll helper: starts listening for jobs to change (`signalWork`) at once, for at most `maxMs`, or
+ * until `signal` or the server's shutdown aborts. Start it before looking at what you wait for, then
+ * await `changed` only if it is not there yet (or `stop()`): a change between the look and the wait is
+ * not missed. The listeners and the timer are removed either way, so long polls leave nothing behind.
  */
-export async function waitForJobChange(context: CoreContext, maxMs: number, signal?: AbortSignal): Promise<void> {
+export function listenForJobChange(context: CoreContext, maxMs: number, signal?: AbortSignal): JobChangeWait {
   const wait = new AbortController();
-  const timer = setTimeout(() => wait.abort(), Math.max(0, maxMs));
-  const signals = [wait.signal, context.shutdown, ...(signal ? [signal] : [])];
-  await once(context.signals, 'work', { signal: AbortSignal.any(signals) }).catch(() => undefined);
-  clearTimeout(timer);
+  const stop = () => wait.abort();
+  const timer = setTimeout(stop, Math.max(0, maxMs));
+  // Listeners rather than AbortSignal.any: on Node 20 a signal made by any() from a long-lived one (the
+  // server's shutdown signal) stays referenced by it for good, so every poll would leak one.
+  context.shutdown.addEventListener('abort', stop);
+  signal?.addEventListener('abort', stop);
+  if (context.shutdown.aborted || signal?.aborted) stop();
+  const changed = once(context.signals, 'work', { signal: wait.signal })
+    .then(
+      () => undefined,
+      () => undefined,
+    )
+    .finally(() => {
+      clearTimeout(timer);
+      context.shutdown.removeEventListener('abort', stop);
+      signal?.removeEventListener('abort', stop);
+    });
+  return { changed, stop };
 }
 
 /** Parses a JSON column written by this code; a corrupt value becomes an empty object rather than a crash. */

@@ -11,7 +11,7 @@ import type { JobRow } from '../db/schema.js';
 import type { JobStepView, JobView } from '../protocol/views.js';
 import { newId } from '../util/ids.js';
 import { isoOrNull } from '../util/time.js';
-import { type CoreContext, parseJsonColumn, signalWork, waitForJobChange } from './context.js';
+import { type CoreContext, listenForJobChange, parseJsonColumn, signalWork } from './context.js';
 import type { Events } from './events.js';
 import { activeJobStates, type JobEvent, type JobState, jobTransitions, nextState } from './lifecycle.js';
 
@@ -205,10 +205,16 @@ export class Jobs {
   async viewWhenEnded(id: string, waitSeconds: number, signal?: AbortSignal): Promise<JobView> {
     const deadline = Date.now() + waitSeconds * 1000; // real time, not the core's clock (tests may hold that still)
     for (;;) {
-      const row = await this.get(id);
-      const remainingMs = deadline - Date.now();
-      if (!activeJobStates.includes(row.state as JobState) || remainingMs <= 0 || signal?.aborted || this.context.shutdown.aborted) return this.view(id);
-      await waitForJobChange(this.context, remainingMs, signal);
+      const change = listenForJobChange(this.context, deadline - Date.now(), signal); // before looking: an end in between is not missed
+      const row = await this.get(id).catch((error: unknown) => {
+        change.stop();
+        throw error;
+      });
+      if (!activeJobStates.includes(row.state as JobState) || Date.now() >= deadline || signal?.aborted || this.context.shutdown.aborted) {
+        change.stop();
+        return this.view(id);
+      }
+      await change.changed;
     }
   }
 

@@ -8,7 +8,7 @@ import { encodeChunkBatch, FrameEncoding } from '../protocol/chunk-batch.js';
 import type { ApplyCompleteRequest, JobFailRequest, JobProgressRequest, JobStartRequest, ProtectRequest } from '../protocol/requests.js';
 import { compressChunk, DEFAULT_ZSTD_LEVEL } from '../store/chunk-object.js';
 import type { AgentJob, JobView, MachineView } from '../protocol/views.js';
-import { type CoreContext, parseJsonColumn, waitForJobChange } from './context.js';
+import { type CoreContext, listenForJobChange, parseJsonColumn } from './context.js';
 import type { Events } from './events.js';
 import type { Jobs } from './jobs.js';
 import { type MachineState, machineTransitions, nextState } from './lifecycle.js';
@@ -61,15 +61,16 @@ export class Replication {
    */
   async work(agentId: string, waitSeconds: number, signal: AbortSignal): Promise<AgentJob[]> {
     const deadline = Date.now() + waitSeconds * 1000;
-    signal = AbortSignal.any([signal, this.context.shutdown]);
     for (;;) {
+      // Wake on new work, the caller going away, or after a while (to re-check and refresh last-seen).
+      const change = listenForJobChange(this.context, Math.min(deadline - Date.now(), 5000), signal);
       await this.machines.touchAgent(agentId);
       const pending = await this.jobs.pendingForAgent(agentId);
-      if (pending.length > 0 || Date.now() >= deadline || signal.aborted) {
+      if (pending.length > 0 || Date.now() >= deadline || signal.aborted || this.context.shutdown.aborted) {
+        change.stop();
         return Promise.all(pending.map((job) => this.describeForAgent(job)));
       }
-      // Wake on new work, the caller going away, or after a while (to re-check and refresh last-seen).
-      await waitForJobChange(this.context, Math.min(deadline - Date.now(), 5000), signal);
+      await change.changed;
     }
   }
 

@@ -25,7 +25,13 @@ export function buildApp(core: FerryCore): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
   });
   const store = core.context.store;
-  installBinaryBodies(app, { bufferBytes: store.sharedBufferBytes, take: (length) => store.takeSharedBuffer(length), give: (buffer) => store.giveSharedBuffer(buffer) });
+  installBinaryBodies(app, {
+    get bufferBytes() {
+      return store.sharedBufferBytes; // asked at the first upload: the codec pool starts on first use
+    },
+    take: (length) => store.takeSharedBuffer(length),
+    give: (buffer) => store.giveSharedBuffer(buffer),
+  });
   app.setErrorHandler(handleError);
   app.setNotFoundHandler((request, reply) => {
     void reply.status(404).send({ error: { code: 'not-found', message: `no API route ${request.method} ${request.url}`, retryable: false } });

@@ -13,11 +13,13 @@
  * that still reads it, and a buffer rewritten under a batch being stored could put other bytes into a
  * pack under a checked chunk's name. So the route gives it back, not a hook on the answer.
  *
- * Every other body, and a shared-body request whose length is unknown or too large, is read into a new
- * buffer of its exact length. Either way the route's body limit holds, and a body shorter or longer
- * than its Content-Length is refused (400), as Fastify does.
+ * Every other body, and a shared-body request whose length is unknown or too large, is gathered as it
+ * arrives and joined (memory only for bytes actually received). Either way the route's body limit holds
+ * (413), and a body that ends or breaks off before its Content-Length is refused with invalid-request
+ * (400): a client that went away, not a fault of the server.
  */
 import { errorCodes, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { FerryError } from '../errors.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -57,9 +59,9 @@ export function installBinaryBodies(app: FastifyInstance, shared: SharedBodyBuff
     if (declared !== null && (!Number.isSafeInteger(declared) || declared < 0)) return done(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH(), undefined);
     if (declared !== null && declared > limit) return done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE(), undefined);
     const useShared = request.routeOptions.config.sharedBody === true && declared !== null && declared <= shared.bufferBytes;
-    const target = useShared ? shared.take(declared) : declared !== null ? Buffer.allocUnsafe(declared) : null;
-    if (useShared) sharedBodies.set(request, { buffer: target!, shared });
-    const pieces: Buffer[] = []; // only when the length was not declared
+    const target = useShared ? shared.take(declared) : null;
+    if (target) sharedBodies.set(request, { buffer: target, shared });
+    const pieces: Buffer[] = []; // when not read into a shared buffer
     let received = 0;
     let finished = false;
     const finish = (error: Error | null, body?: Buffer) => {
@@ -68,6 +70,8 @@ export function installBinaryBodies(app: FastifyInstance, shared: SharedBodyBuff
       payload.removeListener('data', onData);
       done(error, body);
     };
+    const brokenOff = (why: string) =>
+      new FerryError('invalid-request', `request body ${why} after ${received} of ${declared ?? 'an undeclared number of'} bytes`);
     const onData = (piece: Buffer) => {
       if (received + piece.length > (declared ?? limit)) {
         finish(declared === null ? new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE() : new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
@@ -79,9 +83,10 @@ export function installBinaryBodies(app: FastifyInstance, shared: SharedBodyBuff
       received += piece.length;
     };
     payload.on('data', onData);
-    payload.once('error', (error) => finish(error));
+    payload.once('error', (error) => finish(brokenOff(`broke off (${error.message})`)));
+    payload.once('close', () => finish(brokenOff('was closed')));
     payload.once('end', () => {
-      if (declared !== null && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+      if (declared !== null && received !== declared) return finish(brokenOff('ended'));
       finish(null, target ? target.subarray(0, received) : Buffer.concat(pieces, received));
     });
   });

@@ -1,8 +1,8 @@
 /**
  * The chunk catalog's hash table (chunk-catalog.ts) against a plain Map doing the same thing: random
  * adds (with duplicates across containers, and repacks that replace), forgets, adopts and touches, with
- * names chosen to collide (long probe runs, runs that wrap around the table's end), across several
- * doublings of the table.
+ * names chosen to collide (long probe runs, runs that wrap around the table's end, when probes start at
+ * the names' first bytes), across several doublings of the table.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -38,76 +38,78 @@ interface ModelEntry {
 }
 
 describe('ChunkCatalog', () => {
-  test('agrees with a Map model through 4000 random operations', () => {
-    const next = random(7);
-    const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
-    const pool = names(6000);
-    const catalog = new ChunkCatalog();
-    const model = new Map<string, ModelEntry>();
-    const containers = new Map<string, { names: string[]; modifiedAt: number }>();
-    let packNumber = 0;
-    let clock = 1000;
+  for (const probeOffset of [0, undefined]) {
+    test(`agrees with a Map model through 4000 random operations (${probeOffset === 0 ? 'probes from the first bytes, where the test names collide' : 'probe offset chosen at random'})`, () => {
+      const next = random(7);
+      const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
+      const pool = names(6000);
+      const catalog = new ChunkCatalog(probeOffset);
+      const model = new Map<string, ModelEntry>();
+      const containers = new Map<string, { names: string[]; modifiedAt: number }>();
+      let packNumber = 0;
+      let clock = 1000;
 
-    const check = (sampleAbsent: boolean) => {
-      assert.equal(catalog.size, model.size, 'size');
-      for (const [name, expected] of model) {
-        const entry = catalog.get(name);
-        assert.ok(entry, `${name} should be catalogued`);
-        assert.equal(entry.container.key, expected.key, `${name}: container`);
-        assert.equal(entry.offset, expected.position * 100, `${name}: offset`);
-        assert.equal(entry.length, expected.position + 1, `${name}: length`);
-        assert.equal(entry.touchedAt, expected.touchedAt, `${name}: touch time`);
-        assert.ok(catalog.isCurrent(name, entry.container));
-      }
-      if (sampleAbsent) for (const name of pool) if (!model.has(name)) assert.equal(catalog.get(name), undefined, `${name} should not be catalogued`);
-      assert.deepEqual(catalog.containers().map((container) => container.key).sort(), [...containers.keys()].sort());
-    };
-
-    for (let step = 0; step < 4000; step++) {
-      clock += 1 + Math.floor(next() * 10);
-      const roll = next();
-      if (roll < 0.45 || containers.size === 0) {
-        // A new pack: 1-150 distinct names, some already held elsewhere; now and then a repack that replaces.
-        const size = 1 + Math.floor(next() * 150);
-        const chosen = [...new Set(Array.from({ length: size }, () => pick(pool)))];
-        const key = `packs/${packNumber++}`;
-        const replace = next() < 0.1;
-        const touchedAt = replace ? 0 : clock;
-        catalog.add({ key, kind: 'pack', size: 1, modifiedAt: clock }, chosen.map((name, position) => ({ name, offset: position * 100, length: position + 1 })), touchedAt, replace);
-        containers.set(key, { names: chosen, modifiedAt: clock });
-        chosen.forEach((name, position) => {
-          const existing = model.get(name);
-          if (existing && !replace) existing.touchedAt = Math.max(existing.touchedAt, touchedAt);
-          else model.set(name, { key, position, touchedAt: Math.max(touchedAt, existing?.touchedAt ?? 0) });
-        });
-      } else if (roll < 0.7) {
-        const key = pick([...containers.keys()]);
-        catalog.forgetContainer(key);
-        containers.delete(key);
-        for (const [name, entry] of model) if (entry.key === key) model.delete(name);
-      } else if (roll < 0.85) {
-        const name = pick(pool);
-        assert.equal(catalog.touch(name, clock), model.has(name));
-        const entry = model.get(name);
-        if (entry) {
-          entry.touchedAt = clock;
-          containers.get(entry.key)!.modifiedAt = clock;
+      const check = (sampleAbsent: boolean) => {
+        assert.equal(catalog.size, model.size, 'size');
+        for (const [name, expected] of model) {
+          const entry = catalog.get(name);
+          assert.ok(entry, `${name} should be catalogued`);
+          assert.equal(entry.container.key, expected.key, `${name}: container`);
+          assert.equal(entry.offset, expected.position * 100, `${name}: offset`);
+          assert.equal(entry.length, expected.position + 1, `${name}: length`);
+          assert.equal(entry.touchedAt, expected.touchedAt, `${name}: touch time`);
+          assert.ok(catalog.isCurrent(name, entry.container));
         }
-      } else {
-        // Adopt a copy: read a name from a container that holds it.
-        const key = pick([...containers.keys()]);
-        const held = containers.get(key)!;
-        const position = Math.floor(next() * held.names.length);
-        const container = catalog.container(key)!;
-        const adopted = catalog.adopt(container, position);
-        assert.equal(adopted.container, container);
-        model.set(held.names[position]!, { key, position, touchedAt: held.modifiedAt });
+        if (sampleAbsent) for (const name of pool) if (!model.has(name)) assert.equal(catalog.get(name), undefined, `${name} should not be catalogued`);
+        assert.deepEqual(catalog.containers().map((container) => container.key).sort(), [...containers.keys()].sort());
+      };
+
+      for (let step = 0; step < 4000; step++) {
+        clock += 1 + Math.floor(next() * 10);
+        const roll = next();
+        if (roll < 0.45 || containers.size === 0) {
+          // A new pack: 1-150 distinct names, some already held elsewhere; now and then a repack that replaces.
+          const size = 1 + Math.floor(next() * 150);
+          const chosen = [...new Set(Array.from({ length: size }, () => pick(pool)))];
+          const key = `packs/${packNumber++}`;
+          const replace = next() < 0.1;
+          const touchedAt = replace ? 0 : clock;
+          catalog.add({ key, kind: 'pack', size: 1, modifiedAt: clock }, chosen.map((name, position) => ({ name, offset: position * 100, length: position + 1 })), touchedAt, replace);
+          containers.set(key, { names: chosen, modifiedAt: clock });
+          chosen.forEach((name, position) => {
+            const existing = model.get(name);
+            if (existing && !replace) existing.touchedAt = Math.max(existing.touchedAt, touchedAt);
+            else model.set(name, { key, position, touchedAt: Math.max(touchedAt, existing?.touchedAt ?? 0) });
+          });
+        } else if (roll < 0.7) {
+          const key = pick([...containers.keys()]);
+          catalog.forgetContainer(key);
+          containers.delete(key);
+          for (const [name, entry] of model) if (entry.key === key) model.delete(name);
+        } else if (roll < 0.85) {
+          const name = pick(pool);
+          assert.equal(catalog.touch(name, clock), model.has(name));
+          const entry = model.get(name);
+          if (entry) {
+            entry.touchedAt = clock;
+            containers.get(entry.key)!.modifiedAt = clock;
+          }
+        } else {
+          // Adopt a copy: read a name from a container that holds it.
+          const key = pick([...containers.keys()]);
+          const held = containers.get(key)!;
+          const position = Math.floor(next() * held.names.length);
+          const container = catalog.container(key)!;
+          const adopted = catalog.adopt(container, position);
+          assert.equal(adopted.container, container);
+          model.set(held.names[position]!, { key, position, touchedAt: held.modifiedAt });
+        }
+        check(step % 500 === 0);
       }
-      check(step % 500 === 0);
-    }
-    check(true);
-    assert.ok(model.size > 1000, `the table grew well past its first size (${model.size} entries)`);
-  });
+      check(true);
+      assert.ok(model.size > 1000, `the table grew well past its first size (${model.size} entries)`);
+    });
+  }
 
   test('a container keeps its names, offsets and lengths; a name that is not 64 hex is refused or not found', () => {
     const catalog = new ChunkCatalog();
