@@ -4,11 +4,11 @@
  * A route that says `config: { sharedBody: true }` (the chunk upload) gets its body read into one of the
  * store's reused shared buffers when it fits (its Content-Length known and no larger than the buffer),
  * and gives it back with `giveBackSharedBody` once its work has succeeded and nothing reads the body any
- * more. Why: Fastify's own reading gathered the
- * socket's pieces and joined them into a new 8 MiB buffer per upload, garbage until V8 next collected
- * (with four uploads in flight, the server's largest transient memory), and the codec pool then copied
- * every payload again into a shared buffer for its workers; read into a shared buffer, a batch's
- * payloads go to the workers where they lie (`ChunkCodecPool.ingest`). A buffer not given back (the
+ * more. Why: Fastify's own reading gathered the socket's pieces and joined them into a new 8 MiB buffer
+ * per upload, garbage until V8 next collected (with four uploads in flight, the server's largest
+ * transient memory), and the codec pool then copied every payload again into a shared buffer for its
+ * workers; read into a shared buffer, a batch's payloads go to the workers where they lie
+ * (`ChunkCodecPool.ingest`). A buffer not given back (the
  * request failed, or the client went away) is dropped, not reused: whatever failed may have left work
  * that still reads it, and a buffer rewritten under a batch being stored could put other bytes into a
  * pack under a checked chunk's name. So the route gives it back, not a hook on the answer.
