@@ -19,18 +19,21 @@ import { ChunkCodec, MAX_OBJECT_OVERHEAD, type ObjectCodec, plainObjectHeader, z
 const STAGING_BYTES = 8 * 1024 * 1024 + 64 * 1024;
 /**
  * Upload batches the chunk store (`ChunkStore.putChunks`) stores at once in this process; the others
- * wait their turn. Each holds up to three of this pool's shared buffers until its pack is written, and
- * the pool keeps three per batch (STAGING_KEPT). With more batches at once the extra buffers were made
- * fresh and dropped, 8 MiB each, freed only once every thread had collected: 40 fresh buffers in an
+ * wait their turn. Each holds some of this pool's shared buffers until its pack is written (see
+ * STAGING_KEPT), and the pool keeps three per batch. With more batches at once the extra buffers were
+ * made fresh and dropped, 8 MiB each, freed only once every thread had collected: 40 fresh buffers in an
  * initial replication and a minute of churn. Three keep the workers and the disk busy: one batch's pack
  * is being fsynced while others are encoded.
  */
 export const BATCHES_IN_FLIGHT = 3;
 /**
- * Staging buffers kept for reuse: a batch being stored holds up to three at once (its delta bases, its
- * payloads on their way to a worker, its encoded objects until their pack is written), and the store
- * stores BATCHES_IN_FLIGHT batches at once (chunk-store.ts). A restore (restore.ts) borrows two per
- * window in flight, eight in all, from the same ones.
+ * Staging buffers kept for reuse. A batch being stored holds two (the upload's body, read into one by
+ * server/binary-body.ts, and its encoded objects until their pack is written), a delta upload four (also
+ * its delta bases, and its payloads staged for the workers, since those do not all lie in the body); the
+ * store stores BATCHES_IN_FLIGHT batches at once (chunk-store.ts). Delta batches under churn therefore
+ * make a few extra buffers and drop them; keeping four per batch instead raised the server's floor more
+ * than that saved (docs/benchmarks.md). A restore (restore.ts) borrows two per window in flight, eight in
+ * all, from the same ones.
  */
 const STAGING_KEPT = 3 * BATCHES_IN_FLIGHT;
 
