@@ -38,8 +38,9 @@ declare const WebAssembly: {
 /**
  * `count` buffers of `bytes` bytes each (a multiple of DIRECT_ALIGNMENT), page-aligned, carved from one
  * WebAssembly memory (never grown, so the buffers stay valid; freed with the last of them). Their
- * contents start as zeros; pages never touched take no memory. When the memory cannot be had (address
- * space for WebAssembly is limited), ordinary buffers: direct I/O with them falls back to ordinary I/O.
+ * contents start as zeros, and every page is resident from the start (see `webAssemblyMemory`). When
+ * the memory cannot be had (address space for WebAssembly is limited), ordinary buffers: direct I/O
+ * with them falls back to ordinary I/O.
  */
 export function alignedBuffers(count: number, bytes: number): Buffer[] {
   if (bytes % DIRECT_ALIGNMENT !== 0) throw new FerryError('internal', `aligned buffers must be a multiple of ${DIRECT_ALIGNMENT} bytes, not ${bytes}`);
@@ -51,8 +52,8 @@ export function alignedBuffers(count: number, bytes: number): Buffer[] {
 /**
  * A Buffer of `bytes` bytes over page-aligned shared memory (a shared WebAssembly memory, whose buffer is
  * a SharedArrayBuffer): worker threads read and write it in place like any shared buffer, and O_DIRECT
- * reads can fill it. Contents start as zeros; the memory is the kernel's (mmap), returned when the last
- * view of it is collected, never held back by malloc. Where such memory cannot be had, an ordinary
+ * reads can fill it. Contents start as zeros, every page resident (see `webAssemblyMemory`); the memory
+ * is the kernel's (mmap), returned when the last view of it is collected, never held back by malloc. Where such memory cannot be had, an ordinary
  * SharedArrayBuffer (direct reads into it fall back to ordinary ones).
  */
 export function alignedSharedBuffer(bytes: number): Buffer {
@@ -62,17 +63,31 @@ export function alignedSharedBuffer(bytes: number): Buffer {
 /** The memories `webAssemblyMemory` made: page-aligned, so views of them at aligned offsets can take direct I/O. */
 const pageAlignedMemory = new WeakSet<ArrayBuffer | SharedArrayBuffer>();
 
-/** Page-aligned, zeroed WebAssembly memory of at least `bytes` bytes (whole 64 KiB pages), or null where it cannot be had. */
+/**
+ * Page-aligned, zeroed WebAssembly memory of at least `bytes` bytes (whole 64 KiB pages), every page
+ * already resident, or null where it cannot be had.
+ *
+ * Why resident at once: the kernel turns a direct transfer into one device request per `max_segments`
+ * (sysfs, 254 on a virtio disk) runs of physically contiguous pages. Pages faulted in one pass right
+ * after the mapping is made mostly come from the same free block, one after another, so a request
+ * carries megabytes; pages faulted one by one later, while the I/O threads and the garbage collector
+ * allocate too, are scattered, and an 8 MiB write became about 16 requests of 4 KiB pages each.
+ * Measured on a virtual disk (2026-12-07, a 1.4 GB raw-to-raw conversion): 2600 write requests became
+ * 390, and the conversion took 2.1-2.5 s instead of 2.9 s. Such memory is written soon anyway: the cost
+ * is only that untouched pages are no longer free.
+ */
 function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | SharedArrayBuffer | null {
   const pages = Math.max(1, Math.ceil(bytes / WASM_PAGE));
+  let memory: ArrayBuffer | SharedArrayBuffer;
   try {
     // A shared memory must declare its maximum; it is never grown, so views of it stay valid.
-    const memory = new WebAssembly.Memory(shared ? { initial: pages, maximum: pages, shared } : { initial: pages }).buffer;
-    pageAlignedMemory.add(memory);
-    return memory;
+    memory = new WebAssembly.Memory(shared ? { initial: pages, maximum: pages, shared } : { initial: pages }).buffer;
   } catch {
     return null;
   }
+  new Uint8Array(memory).fill(0); // faults every page in now, in one pass (see above); the contents stay zeros
+  pageAlignedMemory.add(memory);
+  return memory;
 }
 
 /**

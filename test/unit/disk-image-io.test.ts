@@ -479,6 +479,34 @@ describe('disk image I/O: direct reads and the conversion input', () => {
     assert.ok(isZero(buffer));
   });
 
+  test('aligned memory is resident as soon as it is made (its pages faulted in one pass, so direct transfers from it make few device requests), and holds zeros', async () => {
+    // The resident bytes of the mappings that appear while `allocate` runs: WebAssembly memory is mapped
+    // anew (and its whole reservation is counted, so the mapping of another allocation meanwhile does not hide it).
+    const mappings = async () => {
+      const resident = new Map<string, number>();
+      let current = '';
+      for (const line of (await fs.readFile('/proc/self/smaps', 'utf8')).split('\n')) {
+        const range = /^([0-9a-f]+-[0-9a-f]+) /.exec(line);
+        if (range) current = range[1]!;
+        else if (line.startsWith('Rss:')) resident.set(current, Number(line.split(/\s+/)[1]) * KiB);
+      }
+      return resident;
+    };
+    const residentInNewMappings = async (allocate: () => unknown) => {
+      const before = await mappings();
+      const memory = allocate();
+      let bytes = 0;
+      for (const [range, resident] of await mappings()) if (!before.has(range)) bytes += resident;
+      return { memory, bytes };
+    };
+    const buffers = await residentInNewMappings(() => alignedBuffers(4, 8 * MiB));
+    const shared = await residentInNewMappings(() => alignedSharedBuffer(16 * MiB));
+    // Memory mapped but never touched would count nothing.
+    assert.ok(buffers.bytes >= 32 * MiB, `alignedBuffers: ${buffers.bytes / MiB} MiB resident of 32`);
+    assert.ok(shared.bytes >= 16 * MiB, `alignedSharedBuffer: ${shared.bytes / MiB} MiB resident of 16`);
+    assert.ok((buffers.memory as Buffer[]).every((buffer) => isZero(buffer)) && isZero(shared.memory as Buffer));
+  });
+
   test('openDirectRawDisk: a raw file read direct into aligned shared buffers, like openRawDisk; an unaligned read or a buffer without room reads the ordinary way', async (t) => {
     const directory = await tempDirFor(t, 'ferry-image-io-');
     const file = path.join(directory, 'disk.raw');
