@@ -6,7 +6,7 @@
  * target's writer streams the rest into the new image. A raw or fixed-VHD source is read with O_DIRECT
  * (see direct-io.ts), only where its file holds data (its holes, found with SEEK_DATA: file-data-map.ts).
  */
-import { alignedBuffers, DirectReader } from './direct-io.js';
+import { alignedBuffer, DirectReader } from './direct-io.js';
 import type { DiskExtent, DiskImageInput, DiskImageReader } from './disk-image.js';
 import { fileDataRanges } from './file-data-map.js';
 import { openDiskImage, writerFor } from './formats.js';
@@ -62,9 +62,10 @@ export function readerInput(reader: DiskImageReader): DiskImageInput {
     size: reader.size,
     async *pieces() {
       const direct = unmapped(reader) ? await DirectReader.open(reader.path) : null;
-      const spare: Buffer[] = direct ? alignedBuffers(READS_AHEAD + 1, READ_BYTES) : [];
+      // Buffers are made as reads need them (at most READS_AHEAD + 1), page-aligned for direct reads.
+      const spare: Buffer[] = [];
       const read = async (range: { offset: number; length: number }) => {
-        const buffer = spare.pop() ?? Buffer.allocUnsafe(READ_BYTES);
+        const buffer = spare.pop() ?? (direct ? alignedBuffer(READ_BYTES) : Buffer.allocUnsafe(READ_BYTES));
         if (direct) await direct.read(buffer, range.length, range.offset);
         else await reader.read(buffer, range.length, range.offset);
         return { offset: range.offset, buffer, data: buffer.subarray(0, range.length) };

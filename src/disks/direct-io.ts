@@ -12,7 +12,7 @@
  * could not map are read like data).
  *
  * O_DIRECT wants the buffer's address, the file offset and the length aligned (to the device's logical
- * block size): buffers come from `alignedBuffers` or `alignedSharedBuffer` (WebAssembly memory, which is
+ * block size): buffers come from `alignedBuffer` or `alignedSharedBuffer` (WebAssembly memory, which is
  * page-aligned), and only reads and writes at offsets that are multiples of `DIRECT_ALIGNMENT`, from
  * such memory, go direct (a read's length is rounded up to a multiple: the file's end gives a short
  * read; a write's whole blocks go direct and an unaligned tail the ordinary way). Everything else, and
@@ -36,17 +36,16 @@ declare const WebAssembly: {
 };
 
 /**
- * `count` buffers of `bytes` bytes each (a multiple of DIRECT_ALIGNMENT), page-aligned, carved from one
- * WebAssembly memory (never grown, so the buffers stay valid; freed with the last of them). Their
- * contents start as zeros, and every page is resident from the start (see `webAssemblyMemory`). When
- * the memory cannot be had (address space for WebAssembly is limited), ordinary buffers: direct I/O
- * with them falls back to ordinary I/O.
+ * A buffer of `bytes` bytes (a multiple of DIRECT_ALIGNMENT), page-aligned, over a WebAssembly memory of
+ * its own (never grown, so the buffer stays valid; freed with it). Its contents start as zeros, and every
+ * page is resident from the start (see `webAssemblyMemory`), so make buffers when they are needed, not
+ * ahead: faulting pages in is not free either. When the memory cannot be had (address space for
+ * WebAssembly is limited), an ordinary buffer: direct I/O with it falls back to ordinary I/O.
  */
-export function alignedBuffers(count: number, bytes: number): Buffer[] {
+export function alignedBuffer(bytes: number): Buffer {
   if (bytes % DIRECT_ALIGNMENT !== 0) throw new FerryError('internal', `aligned buffers must be a multiple of ${DIRECT_ALIGNMENT} bytes, not ${bytes}`);
-  const memory = webAssemblyMemory(count * bytes, false);
-  if (!memory) return Array.from({ length: count }, () => Buffer.alloc(bytes));
-  return Array.from({ length: count }, (_, index) => Buffer.from(memory, index * bytes, bytes));
+  const memory = webAssemblyMemory(bytes, false);
+  return memory ? Buffer.from(memory, 0, bytes) : Buffer.alloc(bytes);
 }
 
 /**
@@ -73,8 +72,10 @@ const pageAlignedMemory = new WeakSet<ArrayBuffer | SharedArrayBuffer>();
  * carries megabytes; pages faulted one by one later, while the I/O threads and the garbage collector
  * allocate too, are scattered, and an 8 MiB write became about 16 requests of 4 KiB pages each.
  * Measured on a virtual disk (2026-12-07, a 1.4 GB raw-to-raw conversion): 2600 write requests became
- * 390, and the conversion took 2.1-2.5 s instead of 2.9 s. Such memory is written soon anyway: the cost
- * is only that untouched pages are no longer free.
+ * 390, and the conversion took 2.1-2.5 s instead of 2.9 s. Such memory is written soon anyway; what
+ * changes is when its page faults are paid: all at once, here. On a virtual machine a fault can cost
+ * 10 µs (measured here: 8 MiB took 23 ms), so callers make their buffers one at a time as they need
+ * them, while earlier transfers run, not a batch before the first.
  */
 function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | SharedArrayBuffer | null {
   const pages = Math.max(1, Math.ceil(bytes / WASM_PAGE));
@@ -92,7 +93,7 @@ function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | Shared
 
 /**
  * True when `view` starts on a DIRECT_ALIGNMENT boundary in memory: a view, at an aligned offset, of
- * memory from `alignedBuffers` or `alignedSharedBuffer`. Other memory may happen to be aligned, but its
+ * memory from `alignedBuffer` or `alignedSharedBuffer`. Other memory may happen to be aligned, but its
  * address cannot be known here, and a direct transfer from unaligned memory fails (EINVAL).
  */
 export function alignedInMemory(view: Uint8Array): boolean {
@@ -102,7 +103,7 @@ export function alignedInMemory(view: Uint8Array): boolean {
 /**
  * Positional writes to an open file, around the page cache where they can be. `write(bytes, position)`
  * writes the whole DIRECT_ALIGNMENT blocks of `bytes` direct (O_DIRECT) when `position` is a multiple of
- * DIRECT_ALIGNMENT and `bytes` is memory from `alignedBuffers` or `alignedSharedBuffer` (or a view of it
+ * DIRECT_ALIGNMENT and `bytes` is memory from `alignedBuffer` or `alignedSharedBuffer` (or a view of it
  * at an aligned offset), and the rest (an unaligned tail, or all) through the ordinary `handle`; so does
  * every write once the kernel has refused a direct one (EINVAL: the file system wants another
  * alignment). Either way the bytes land at `position`, and an fsync of `handle` makes them durable (see
@@ -162,7 +163,7 @@ export class DirectWriter {
 /**
  * A file open for O_DIRECT reads (or ordinary ones, where refused). `read(buffer, length, position)`
  * fills buffer[0, length) with the file's bytes at `position`, zeros past the file's end. The read is
- * direct when `position` is a multiple of DIRECT_ALIGNMENT and `buffer` (from `alignedBuffers` or
+ * direct when `position` is a multiple of DIRECT_ALIGNMENT and `buffer` (from `alignedBuffer` or
  * `alignedSharedBuffer`) holds `length` rounded up to one; otherwise, or when the kernel refuses, it is an
  * ordinary read. Failures are FerryError 'disk-unreadable' naming the file.
  */

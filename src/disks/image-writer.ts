@@ -17,7 +17,7 @@
  */
 import type { promises as fs } from 'node:fs';
 import { writeAllAt } from '../util/durable-fs.js';
-import { alignedBuffers, DIRECT_ALIGNMENT, type DirectWriter } from './direct-io.js';
+import { alignedBuffer, DIRECT_ALIGNMENT, type DirectWriter } from './direct-io.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -110,7 +110,8 @@ export interface ImageFileWriterOptions {
  *   other (their order on disk is not guaranteed).
  * - `writeNonZero` queues only the runs of `data` that are not all zero at 4 KiB granularity (relative to
  *   the file), so writing over a hole keeps zeros a hole.
- * - Memory: `writesInFlight + 1` buffers of `writeBytes`, page-aligned (for O_DIRECT), allocated once
+ * - Memory: up to `writesInFlight + 1` buffers of `writeBytes`, page-aligned (for O_DIRECT), each made
+ *   when no made one is free (so the first write waits for one buffer's page faults, not all of them)
  *   and reused (fresh memory for every write would cost a page fault per 4 KiB written).
  * - With a `direct` writer, aligned writes bypass the page cache (see direct-io.ts); a file system that
  *   turns them down (EINVAL) gets every later write through the ordinary handle.
@@ -124,8 +125,10 @@ export class ImageFileWriter {
   private readonly direct: DirectWriter | null;
   /** The buffer being filled: its bytes go to [position, position + filled) of the file. */
   private gathering: { position: number; buffer: Buffer; filled: number } | null = null;
-  /** Buffers not in use; null until the first write allocates them all. */
-  private spare: Buffer[] | null = null;
+  /** Buffers made and not in use. */
+  private readonly spare: Buffer[] = [];
+  /** Buffers made so far (at most writesInFlight + 1). */
+  private made = 0;
   private readonly inFlight = new Set<Promise<void>>();
   private failure: { error: unknown } | null = null;
 
@@ -173,10 +176,13 @@ export class ImageFileWriter {
     await Promise.all(this.inFlight);
   }
 
-  /** A spare buffer, or the next one a write frees. */
+  /** A spare buffer, else a new one while fewer than writesInFlight + 1 are made, else the next one a write frees. */
   private async takeBuffer(): Promise<Buffer> {
-    this.spare ??= alignedBuffers(this.writesInFlight + 1, this.writeBytes);
     while (this.spare.length === 0) {
+      if (this.made < this.writesInFlight + 1) {
+        this.made++;
+        return alignedBuffer(this.writeBytes);
+      }
       await Promise.race(this.inFlight);
       this.throwIfFailed();
     }
@@ -189,7 +195,7 @@ export class ImageFileWriter {
     if (!gathering) return;
     this.gathering = null;
     if (gathering.filled === 0) {
-      this.spare!.push(gathering.buffer);
+      this.spare.push(gathering.buffer);
       return;
     }
     while (this.inFlight.size >= this.writesInFlight) await Promise.race(this.inFlight);
@@ -200,7 +206,7 @@ export class ImageFileWriter {
       .finally(() => {
         // Done with the buffer either way: a buffer is always spare, in flight or being filled.
         this.inFlight.delete(write);
-        this.spare!.push(gathering.buffer);
+        this.spare.push(gathering.buffer);
       });
     this.inFlight.add(write);
   }

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { deflateRawSync } from 'node:zlib';
 import { convertImage, readerInput } from '../../src/disks/convert.js';
-import { alignedBuffers, alignedSharedBuffer, DIRECT_ALIGNMENT, DirectReader, DirectWriter, openDirectRawDisk } from '../../src/disks/direct-io.js';
+import { alignedBuffer, alignedSharedBuffer, DIRECT_ALIGNMENT, DirectReader, DirectWriter, openDirectRawDisk } from '../../src/disks/direct-io.js';
 import { ImageFileWriter, isZero, nonZeroRuns, wholeBlocks } from '../../src/disks/image-writer.js';
 import { type CompressedBytes, type Inflated, inflateUnits } from '../../src/disks/parallel-inflate.js';
 import { openQcow2, writeQcow2 } from '../../src/disks/qcow2.js';
@@ -124,6 +124,30 @@ describe('disk image I/O: wholeBlocks', () => {
   });
 });
 
+/** The resident bytes of each mapping of this process, by address range (/proc/self/smaps). */
+async function residentByMapping(): Promise<Map<string, number>> {
+  const resident = new Map<string, number>();
+  let current = '';
+  for (const line of (await fs.readFile('/proc/self/smaps', 'utf8')).split('\n')) {
+    const range = /^([0-9a-f]+-[0-9a-f]+) /.exec(line);
+    if (range) current = range[1]!;
+    else if (line.startsWith('Rss:')) resident.set(current, Number(line.split(/\s+/)[1]) * KiB);
+  }
+  return resident;
+}
+
+/**
+ * Runs `allocate`: what it returns, and the resident bytes of the mappings that appeared meanwhile.
+ * WebAssembly memory is always mapped anew, so its pages count whatever else is allocated meanwhile.
+ */
+async function residentInNewMappings<T>(allocate: () => T | Promise<T>): Promise<{ memory: T; bytes: number }> {
+  const before = await residentByMapping();
+  const memory = await allocate();
+  let bytes = 0;
+  for (const [range, resident] of await residentByMapping()) if (!before.has(range)) bytes += resident;
+  return { memory, bytes };
+}
+
 describe('disk image I/O: ImageFileWriter', () => {
   test('adjacent writes are gathered into one write of at most writeBytes; a gap or a full buffer starts another', async () => {
     const { handle, writes } = recordingHandle();
@@ -164,6 +188,18 @@ describe('disk image I/O: ImageFileWriter', () => {
     assert.equal(writes.length, 40);
     assert.ok(maxRunning() <= 3, `at most 3 writes at once, saw ${maxRunning()}`);
     assert.ok(new Set(writes.flatMap((each) => each.arrayBuffers)).size <= 4, 'the gathering buffers are reused');
+  });
+
+  test('buffers are made as writes need them: a small write makes one (its page faults are all paid when it is made)', async () => {
+    const { handle, writes } = recordingHandle();
+    const writer = new ImageFileWriter(handle, { writeBytes: 16 * MiB, writesInFlight: 4 });
+    const { bytes } = await residentInNewMappings(async () => {
+      await writer.write(0, Buffer.alloc(4 * KiB, 1));
+      await writer.flush();
+    });
+    assert.equal(writes.length, 1);
+    // Five buffers made at once would be 80 MiB; what else the writes allocate is a few MiB.
+    assert.ok(bytes >= 16 * MiB && bytes < 32 * MiB, `one 16 MiB buffer made, ${bytes / MiB} MiB resident`);
   });
 
   test('writeNonZero skips all-zero 4 KiB blocks: they stay holes of the file', async (t) => {
@@ -454,16 +490,16 @@ describe('disk image I/O: direct reads and the conversion input', () => {
     await fs.writeFile(file, content);
     const reader = await DirectReader.open(file);
     try {
-      const [buffer] = alignedBuffers(1, 4 * MiB);
-      await reader.read(buffer!, size, 0);
-      assert.ok(buffer!.subarray(0, size).equals(content));
-      buffer!.fill(1);
-      await reader.read(buffer!, 2 * MiB, 2 * MiB); // runs past the end
-      assert.ok(buffer!.subarray(0, MiB + 1000).equals(content.subarray(2 * MiB)));
-      assert.ok(isZero(buffer!, MiB + 1000, 2 * MiB), 'zeros past the end of the file');
-      buffer!.fill(1);
-      await reader.read(buffer!, 100, 3 * MiB + 1); // not aligned: read the ordinary way
-      assert.ok(buffer!.subarray(0, 100).equals(content.subarray(3 * MiB + 1, 3 * MiB + 101)));
+      const buffer = alignedBuffer(4 * MiB);
+      await reader.read(buffer, size, 0);
+      assert.ok(buffer.subarray(0, size).equals(content));
+      buffer.fill(1);
+      await reader.read(buffer, 2 * MiB, 2 * MiB); // runs past the end
+      assert.ok(buffer.subarray(0, MiB + 1000).equals(content.subarray(2 * MiB)));
+      assert.ok(isZero(buffer, MiB + 1000, 2 * MiB), 'zeros past the end of the file');
+      buffer.fill(1);
+      await reader.read(buffer, 100, 3 * MiB + 1); // not aligned: read the ordinary way
+      assert.ok(buffer.subarray(0, 100).equals(content.subarray(3 * MiB + 1, 3 * MiB + 101)));
       assert.equal(DIRECT_ALIGNMENT % 512, 0);
     } finally {
       await reader.close();
@@ -480,31 +516,12 @@ describe('disk image I/O: direct reads and the conversion input', () => {
   });
 
   test('aligned memory is resident as soon as it is made (its pages faulted in one pass, so direct transfers from it make few device requests), and holds zeros', async () => {
-    // The resident bytes of the mappings that appear while `allocate` runs: WebAssembly memory is mapped
-    // anew (and its whole reservation is counted, so the mapping of another allocation meanwhile does not hide it).
-    const mappings = async () => {
-      const resident = new Map<string, number>();
-      let current = '';
-      for (const line of (await fs.readFile('/proc/self/smaps', 'utf8')).split('\n')) {
-        const range = /^([0-9a-f]+-[0-9a-f]+) /.exec(line);
-        if (range) current = range[1]!;
-        else if (line.startsWith('Rss:')) resident.set(current, Number(line.split(/\s+/)[1]) * KiB);
-      }
-      return resident;
-    };
-    const residentInNewMappings = async (allocate: () => unknown) => {
-      const before = await mappings();
-      const memory = allocate();
-      let bytes = 0;
-      for (const [range, resident] of await mappings()) if (!before.has(range)) bytes += resident;
-      return { memory, bytes };
-    };
-    const buffers = await residentInNewMappings(() => alignedBuffers(4, 8 * MiB));
+    const buffers = await residentInNewMappings(() => [alignedBuffer(8 * MiB), alignedBuffer(8 * MiB), alignedBuffer(8 * MiB), alignedBuffer(8 * MiB)]);
     const shared = await residentInNewMappings(() => alignedSharedBuffer(16 * MiB));
     // Memory mapped but never touched would count nothing.
-    assert.ok(buffers.bytes >= 32 * MiB, `alignedBuffers: ${buffers.bytes / MiB} MiB resident of 32`);
+    assert.ok(buffers.bytes >= 32 * MiB, `alignedBuffer: ${buffers.bytes / MiB} MiB resident of 32`);
     assert.ok(shared.bytes >= 16 * MiB, `alignedSharedBuffer: ${shared.bytes / MiB} MiB resident of 16`);
-    assert.ok((buffers.memory as Buffer[]).every((buffer) => isZero(buffer)) && isZero(shared.memory as Buffer));
+    assert.ok(buffers.memory.every((buffer) => isZero(buffer)) && isZero(shared.memory));
   });
 
   test('openDirectRawDisk: a raw file read direct into aligned shared buffers, like openRawDisk; an unaligned read or a buffer without room reads the ordinary way', async (t) => {
