@@ -10,7 +10,13 @@
  * fsynced and left to settle (`SETTLE_SECONDS`) before its first pair is timed: the host behind a
  * virtual disk goes on writing a freshly written image back for seconds after the guest's fsync, and
  * the first conversion timed then, Ferry's (it goes first), took 3.3-3.4 s where the same one took 2.1-2.2 s
- * ten seconds later (raw -> raw, 2026-12-07).
+ * ten seconds later (raw -> raw, 2026-12-07). Likewise each timed step starts `DROP_SETTLE_SECONDS`
+ * after the page cache is dropped. On a VM that hands freed memory back to its host (free page
+ * reporting), the gigabytes the drop frees are handed back over the following seconds, and what ran
+ * then depended on the run before it: qemu-img's raw -> raw took 1.4 s right after its own previous run
+ * (the pages its page cache had used were still backed), 3.3 s right after Ferry's, and 2.1-2.7 s after
+ * a 3 or 5 s pause whichever ran before; Ferry's took 2.7-2.9 s 2 s after a qemu-img run and 1.9-2.2 s
+ * after 3 or 5 s (2026-12-07). The pause puts both tools in the same state whatever ran before.
  * Target (issue 5): at least 0.8x qemu-img's throughput for each pair.
  */
 import { promises as fs } from 'node:fs';
@@ -30,6 +36,9 @@ const sources = [
 
 /** How long a new source image is left before its first pair is timed (see the module comment). */
 const SETTLE_SECONDS = 10;
+
+/** How long each timed step waits after the page cache is dropped (see the module comment). */
+const DROP_SETTLE_SECONDS = 5;
 
 /** The targets: Ferry's format name and qemu-img's arguments for the same output. */
 const targets = [
@@ -70,7 +79,7 @@ export async function runConversionBenchmark(options: {
   await fs.mkdir(directory, { recursive: true });
   const results: ConversionResult[] = [];
   const cold = async () => {
-    if (options.dropCachesBetween) await dropCaches();
+    if (options.dropCachesBetween && (await dropCaches())) await sleep(DROP_SETTLE_SECONDS * 1000);
   };
   try {
     for (const source of sources) {
@@ -135,7 +144,8 @@ export async function runConversionBenchmark(options: {
       `${passing} of ${results.length} pairs at 0.8x qemu-img or better.`,
       `each pair timed ${options.runs} time(s) per tool, the tools taking turns at going first; the medians are compared (every run is in bench-results.json).`,
       `each source image is fsynced and left ${SETTLE_SECONDS} s before its first pair is timed (the virtual disk's host goes on writing it back meanwhile).`,
-      'Ferry is timed as the CLI an operator runs (`ferry image convert`, through bin/ferry, including Node start-up, about 0.1 s); both outputs are fsynced before the clock stops.',
+      ...(options.dropCachesBetween ? [`each timed step starts ${DROP_SETTLE_SECONDS} s after the page cache is dropped (the memory it held is handed back to a VM's host meanwhile; without the pause a tool run right after itself found it still backed).`] : []),
+      'Ferry is timed as the CLI an operator runs (`ferry image convert`, through bin/ferry), including Node\'s start-up and module loading: about 0.25 s from a cold page cache, where qemu-img starts in 0.02 s; both outputs are fsynced before the clock stops.',
       'VHDX targets use 1 MiB blocks on both sides (Ferry\'s writer\'s block size); other options are each tool\'s defaults for the same subformat.',
     ],
   };
