@@ -38,22 +38,39 @@ declare const WebAssembly: {
 /**
  * A buffer of `bytes` bytes (a multiple of DIRECT_ALIGNMENT), page-aligned, over a WebAssembly memory of
  * its own (never grown, so the buffer stays valid; freed with it). Its contents start as zeros, and every
- * page is resident from the start (see `webAssemblyMemory`), so make buffers when they are needed, not
- * ahead: faulting pages in is not free either. When the memory cannot be had (address space for
- * WebAssembly is limited), an ordinary buffer: direct I/O with it falls back to ordinary I/O.
+ * page is resident from the start, so make buffers when they are needed, not ahead: faulting pages in is
+ * not free either. When the memory cannot be had (address space for WebAssembly is limited), an
+ * ordinary buffer: direct I/O with it falls back to ordinary I/O.
+ *
+ * Why resident at once: the kernel turns a direct transfer into one device request per `max_segments`
+ * (sysfs, 254 on a virtio disk) runs of physically contiguous pages. Pages faulted in one pass right
+ * after the mapping is made mostly come from the same free block, one after another, so a request
+ * carries megabytes; pages faulted one by one later, while the I/O threads and the garbage collector
+ * allocate too, are scattered, and an 8 MiB write became about 16 requests of 4 KiB pages each.
+ * Measured on a virtual disk (2026-12-07, a 1.4 GB raw-to-raw conversion): 2600 write requests became
+ * 390, and the conversion took 2.1-2.5 s instead of 2.9 s. Such a buffer is written whole soon anyway;
+ * what changes is when its page faults are paid: all at once, here. On a virtual machine a fault can
+ * cost 10 µs (measured here: 8 MiB took 23 ms), so callers make their buffers one at a time as they
+ * need them, while earlier transfers run, not a batch before the first.
  */
 export function alignedBuffer(bytes: number): Buffer {
   if (bytes % DIRECT_ALIGNMENT !== 0) throw new FerryError('internal', `aligned buffers must be a multiple of ${DIRECT_ALIGNMENT} bytes, not ${bytes}`);
   const memory = webAssemblyMemory(bytes, false);
-  return memory ? Buffer.from(memory, 0, bytes) : Buffer.alloc(bytes);
+  if (!memory) return Buffer.alloc(bytes);
+  new Uint8Array(memory).fill(0); // faults every page in now, in one pass (see above); the contents stay zeros
+  return Buffer.from(memory, 0, bytes);
 }
 
 /**
  * A Buffer of `bytes` bytes over page-aligned shared memory (a shared WebAssembly memory, whose buffer is
  * a SharedArrayBuffer): worker threads read and write it in place like any shared buffer, and O_DIRECT
- * reads can fill it. Contents start as zeros, every page resident (see `webAssemblyMemory`); the memory
- * is the kernel's (mmap), returned when the last view of it is collected, never held back by malloc. Where such memory cannot be had, an ordinary
+ * reads can fill it. Contents start as zeros; the memory is the kernel's (mmap), returned when the last
+ * view of it is collected, never held back by malloc. Where such memory cannot be had, an ordinary
  * SharedArrayBuffer (direct reads into it fall back to ordinary ones).
+ *
+ * Unlike `alignedBuffer`'s, its pages are faulted in as they are first used. The server keeps such
+ * buffers for upload bodies, most of which fill only part of one; made resident whole, they raised the
+ * bench server's peak under churn from 332 to 378 MB (2026-12-07, one run each).
  */
 export function alignedSharedBuffer(bytes: number): Buffer {
   return Buffer.from(webAssemblyMemory(bytes, true) ?? new SharedArrayBuffer(bytes), 0, bytes);
@@ -62,21 +79,7 @@ export function alignedSharedBuffer(bytes: number): Buffer {
 /** The memories `webAssemblyMemory` made: page-aligned, so views of them at aligned offsets can take direct I/O. */
 const pageAlignedMemory = new WeakSet<ArrayBuffer | SharedArrayBuffer>();
 
-/**
- * Page-aligned, zeroed WebAssembly memory of at least `bytes` bytes (whole 64 KiB pages), every page
- * already resident, or null where it cannot be had.
- *
- * Why resident at once: the kernel turns a direct transfer into one device request per `max_segments`
- * (sysfs, 254 on a virtio disk) runs of physically contiguous pages. Pages faulted in one pass right
- * after the mapping is made mostly come from the same free block, one after another, so a request
- * carries megabytes; pages faulted one by one later, while the I/O threads and the garbage collector
- * allocate too, are scattered, and an 8 MiB write became about 16 requests of 4 KiB pages each.
- * Measured on a virtual disk (2026-12-07, a 1.4 GB raw-to-raw conversion): 2600 write requests became
- * 390, and the conversion took 2.1-2.5 s instead of 2.9 s. Such memory is written soon anyway; what
- * changes is when its page faults are paid: all at once, here. On a virtual machine a fault can cost
- * 10 µs (measured here: 8 MiB took 23 ms), so callers make their buffers one at a time as they need
- * them, while earlier transfers run, not a batch before the first.
- */
+/** Page-aligned, zeroed WebAssembly memory of at least `bytes` bytes (whole 64 KiB pages), or null where it cannot be had. */
 function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | SharedArrayBuffer | null {
   const pages = Math.max(1, Math.ceil(bytes / WASM_PAGE));
   let memory: ArrayBuffer | SharedArrayBuffer;
@@ -86,7 +89,6 @@ function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | Shared
   } catch {
     return null;
   }
-  new Uint8Array(memory).fill(0); // faults every page in now, in one pass (see above); the contents stay zeros
   pageAlignedMemory.add(memory);
   return memory;
 }
