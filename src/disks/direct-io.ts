@@ -68,9 +68,10 @@ export function alignedBuffer(bytes: number): Buffer {
  * view of it is collected, never held back by malloc. Where such memory cannot be had, an ordinary
  * SharedArrayBuffer (direct reads into it fall back to ordinary ones).
  *
- * Unlike `alignedBuffer`'s, its pages are faulted in as they are first used. The server keeps such
- * buffers for upload bodies, most of which fill only part of one; made resident whole, they raised the
- * bench server's peak under churn from 332 to 378 MB (2026-12-07, one run each).
+ * Unlike `alignedBuffer`'s, its pages are faulted in as they are first used: the server keeps such
+ * buffers for upload bodies, which often fill only part of one. With them made resident whole, the
+ * bench server's peaks were higher in one run (2026-12-07: 299 MB in the cycles and 378 MB under churn,
+ * against 250-265 and 332-350 MB without, one run each).
  */
 export function alignedSharedBuffer(bytes: number): Buffer {
   return Buffer.from(webAssemblyMemory(bytes, true) ?? new SharedArrayBuffer(bytes), 0, bytes);
