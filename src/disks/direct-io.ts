@@ -83,15 +83,14 @@ const pageAlignedMemory = new WeakSet<ArrayBuffer | SharedArrayBuffer>();
 /** Page-aligned, zeroed WebAssembly memory of at least `bytes` bytes (whole 64 KiB pages), or null where it cannot be had. */
 function webAssemblyMemory(bytes: number, shared: boolean): ArrayBuffer | SharedArrayBuffer | null {
   const pages = Math.max(1, Math.ceil(bytes / WASM_PAGE));
-  let memory: ArrayBuffer | SharedArrayBuffer;
   try {
     // A shared memory must declare its maximum; it is never grown, so views of it stay valid.
-    memory = new WebAssembly.Memory(shared ? { initial: pages, maximum: pages, shared } : { initial: pages }).buffer;
+    const memory = new WebAssembly.Memory(shared ? { initial: pages, maximum: pages, shared } : { initial: pages }).buffer;
+    pageAlignedMemory.add(memory);
+    return memory;
   } catch {
     return null;
   }
-  pageAlignedMemory.add(memory);
-  return memory;
 }
 
 /**

@@ -127,8 +127,6 @@ export class ImageFileWriter {
   private gathering: { position: number; buffer: Buffer; filled: number } | null = null;
   /** Buffers made and not in use. */
   private readonly spare: Buffer[] = [];
-  /** Buffers made so far (at most writesInFlight + 1). */
-  private made = 0;
   private readonly inFlight = new Set<Promise<void>>();
   private failure: { error: unknown } | null = null;
 
@@ -149,7 +147,7 @@ export class ImageFileWriter {
       let gathering = this.gathering;
       if (!gathering || gathering.position + gathering.filled !== at || gathering.filled === gathering.buffer.length) {
         await this.submit();
-        gathering = this.gathering = { position: at, buffer: await this.takeBuffer(), filled: 0 };
+        gathering = this.gathering = { position: at, buffer: this.takeBuffer(), filled: 0 };
       }
       const count = Math.min(data.length - done, gathering.buffer.length - gathering.filled);
       gathering.buffer.set(data.subarray(done, done + count), gathering.filled);
@@ -176,17 +174,13 @@ export class ImageFileWriter {
     await Promise.all(this.inFlight);
   }
 
-  /** A spare buffer, else a new one while fewer than writesInFlight + 1 are made, else the next one a write frees. */
-  private async takeBuffer(): Promise<Buffer> {
-    while (this.spare.length === 0) {
-      if (this.made < this.writesInFlight + 1) {
-        this.made++;
-        return alignedBuffer(this.writeBytes);
-      }
-      await Promise.race(this.inFlight);
-      this.throwIfFailed();
-    }
-    return this.spare.pop()!;
+  /**
+   * A spare buffer, else a new one. Called only once `submit` has returned, when at most
+   * `writesInFlight` buffers are in flight and none is gathering: a new one is made only while fewer
+   * than writesInFlight + 1 exist.
+   */
+  private takeBuffer(): Buffer {
+    return this.spare.pop() ?? alignedBuffer(this.writeBytes);
   }
 
   /** Starts writing what is gathered once fewer than `writesInFlight` writes run (the buffer is spare again once written). */
