@@ -6,17 +6,14 @@
  * writes (raw, VHD fixed, VHDX, VMDK streamOptimized, qcow2). Both tools' outputs are made durable
  * (fsync) before the clock stops, and the page cache is dropped before each timed step when permitted.
  * Each pair is timed `runs` times per tool, the tools taking turns at going first, and the medians are
- * compared: one timing on this kind of virtual disk varies by 30% or more from run to run. A source is
- * fsynced and left to settle (`SETTLE_SECONDS`) before its first pair is timed: the host behind a
- * virtual disk goes on writing a freshly written image back for seconds after the guest's fsync, and
- * the first conversion timed then, Ferry's (it goes first), took 3.3-3.4 s where the same one took 2.1-2.2 s
- * ten seconds later (raw -> raw, 2026-12-07). Likewise each timed step starts `DROP_SETTLE_SECONDS`
- * after the page cache is dropped. On a VM that hands freed memory back to its host (free page
- * reporting), the gigabytes the drop frees are handed back over the following seconds, and what ran
- * then depended on the run before it: qemu-img's raw -> raw took 1.4 s right after its own previous run
- * (the pages its page cache had used were still backed), 3.3 s right after Ferry's, and 2.1-2.7 s after
- * a 3 or 5 s pause whichever ran before; Ferry's took 2.7-2.9 s 2 s after a qemu-img run and 1.9-2.2 s
- * after 3 or 5 s (2026-12-07). The pause puts both tools in the same state whatever ran before.
+ * compared: one timing on this kind of virtual disk varies by 30% or more from run to run. Two pauses
+ * keep one step from being timed while the machine is still busy with the previous one (measurements in
+ * docs/benchmarks.md, "Conversions (scenario 6)"): a source is fsynced and left `SETTLE_SECONDS` before
+ * its first pair, as the host behind a virtual disk goes on writing a fresh image back for seconds; and
+ * each timed step starts `DROP_SETTLE_SECONDS` after the page cache is dropped, as a VM that hands
+ * freed memory back to its host does so over the following seconds, and a tool run at once after its
+ * own previous run found that memory still backed (qemu-img's raw -> raw: 1.4 s, against 2.1-2.7 s
+ * after the pause).
  * Target (issue 5): at least 0.8x qemu-img's throughput for each pair.
  */
 import { promises as fs } from 'node:fs';
